@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Create (or update) environments/main: torch first (CPU build unless --cuda), then mergekit,
+# lm-eval[hf], this package (editable) and its dev tools. Idempotent: when nothing changed
+# since the last successful run it returns in about a second.
+#
+#   ./setup.sh              CPU torch (default)
+#   ./setup.sh --cuda       CUDA torch (set TORCH_INDEX_URL for a specific CUDA wheel index)
+#   ./setup.sh --holmes DIR also build environments/holmes for an upstream Holmes checkout
+#   ./setup.sh --force      reinstall even when up to date
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/environments/main"
+STAMP="$VENV/.mergepipe-setup"
+TORCH_VERSION="2.13.0"
+CUDA=0
+FORCE=0
+HOLMES_DIR=""
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while (($#)); do
+  case "$1" in
+    --cuda) CUDA=1 ;;
+    --force) FORCE=1 ;;
+    --holmes)
+      [[ $# -ge 2 ]] || { echo "error: --holmes needs the path of an upstream Holmes checkout" >&2; exit 2; }
+      HOLMES_DIR="$2"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown option '$1' (see ./setup.sh --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+find_python() {
+  local candidate
+  # 3.11 first: the local torch wheel is built for it.
+  for candidate in "${PYTHON:-}" python3.11 python3.12 python3.10 python3; do
+    [[ -n "$candidate" ]] || continue
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    if "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+PY="$(find_python)" || {
+  echo "error: Python 3.10 or newer is required (none found; set PYTHON=/path/to/python3.11)" >&2
+  exit 2
+}
+
+# What the environment depends on: when none of it changed, there is nothing to do.
+fingerprint() {
+  cat "$ROOT/pyproject.toml" "$ROOT/requirements/constraints.txt" "$ROOT/setup.sh"
+  echo "cuda=$CUDA torch=$TORCH_VERSION python=$("$PY" -c 'import sys; print(sys.version)')"
+}
+WANT="$(fingerprint | sha256sum | cut -d' ' -f1)"
+
+if [[ $FORCE -eq 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/mergepipe" ]]; then
+  echo "environments/main is up to date"
+else
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "creating environments/main with $PY"
+    "$PY" -m venv "$VENV"
+  fi
+  PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+  TORCH_ARGS=("torch==$TORCH_VERSION")
+  if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+    TORCH_ARGS+=(--index-url "$TORCH_INDEX_URL")
+  fi
+  if [[ $CUDA -eq 1 ]]; then
+    echo "installing torch $TORCH_VERSION (CUDA build)"
+  else
+    echo "installing torch $TORCH_VERSION (CPU build)"
+  fi
+  # torch first: a later bare 'torch' requirement would otherwise pull a multi-GB CUDA build.
+  "${PIP[@]}" "${TORCH_ARGS[@]}"
+  if [[ $CUDA -eq 0 ]] && "$VENV/bin/python" -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)'; then
+    echo "note: the installed torch is a CUDA build; set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for a CPU-only build" >&2
+  fi
+  echo "installing mergekit, lm-eval[hf], mergepipe and dev tools"
+  "${PIP[@]}" -c "$ROOT/requirements/constraints.txt" -e "${ROOT}[dev]"
+  # Notebooks run on this environment's interpreter.
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "mergepipe" >/dev/null
+  echo "$WANT" > "$STAMP"
+  echo "environments/main is ready"
+fi
+
+if [[ -n "$HOLMES_DIR" ]]; then
+  exec "$ROOT/scripts/setup_holmes_env.sh" "$HOLMES_DIR"
+fi

@@ -1,0 +1,62 @@
+"""Options shared by every config-reading subcommand: ``--config`` and its overrides.
+
+Precedence: command-line flags > the original pipeline's environment variables (MODEL_1,
+MODEL_2, BASE_MODEL, METHODS, DTYPE, SEED, RUN_NAME) > the config file > defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from mergepipe.config import DEFAULT_CONFIG, PipelineConfig, apply_overrides, build_config, env_overrides
+from mergepipe.config import load_config as _load
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, metavar="FILE",
+        help="pipeline config (pipeline.yaml) or a raw mergekit YAML (default: %(default)s)",
+    )
+
+
+def add_model_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("overrides (take precedence over the config file)")
+    for i in range(1, 4):
+        group.add_argument(f"--model-{i}", metavar="MODEL", help=f"expert model {i} (path, Hub id or zoo://)")
+    group.add_argument("--models", nargs="+", metavar="MODEL", help="all expert models, in order")
+    group.add_argument("--base-model", metavar="MODEL", help="the base model the experts were tuned from")
+    group.add_argument(
+        "--methods", metavar="'M1 M2 ...'",
+        help="merge methods, space separated, each with its default parameters (see 'mergepipe methods')",
+    )
+    group.add_argument("--dtype", help="dtype of the merged weights (float32, float16, bfloat16)")
+    group.add_argument("--seed", type=int, help="seed for randomized methods and evaluation")
+    group.add_argument("--run", help="run name (outputs go under <dir>/<run>/)")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    out = env_overrides()
+    numbered = [getattr(args, f"model_{i}", None) for i in range(1, 4)]
+    if getattr(args, "models", None):
+        out["models"] = list(args.models)
+    elif any(numbered):
+        out["models"] = [m for m in numbered if m]
+    if getattr(args, "base_model", None):
+        out["base_model"] = args.base_model
+    if getattr(args, "methods", None):
+        out["merge.methods"] = args.methods.replace(",", " ").split()
+    for key in ("dtype", "seed", "run"):
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Load ``--config`` with overrides; a missing default file is fine when flags say enough."""
+    path = Path(args.config)
+    overrides = overrides_from_args(args)
+    if not path.exists() and args.config == DEFAULT_CONFIG and overrides:
+        return build_config(apply_overrides({}, overrides), "flags").resolve_paths(Path.cwd())
+    return _load(path, overrides)
