@@ -15,7 +15,9 @@ if ! command -v chromium >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v a
 fi
 
 echo "== ruff"
-"$BIN/ruff" check src tests benchmarks Plotting
+LINT=()
+for dir in src tests benchmarks Plotting; do [[ -d "$dir" ]] && LINT+=("$dir"); done
+"$BIN/ruff" check "${LINT[@]}"
 echo "== shellcheck"
 mapfile -t SCRIPTS < <(git ls-files '*.sh' 2>/dev/null || find . -name '*.sh' -not -path './environments/*')
 "$BIN/shellcheck" "${SCRIPTS[@]}"
