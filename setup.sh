@@ -77,7 +77,7 @@ else
   fi
   # torch first: a later bare 'torch' requirement would otherwise pull a multi-GB CUDA build.
   "${PIP[@]}" "${TORCH_ARGS[@]}"
-  if [[ $CUDA -eq 0 ]] && "$VENV/bin/python" -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)'; then
+  if [[ $CUDA -eq 0 ]] && "$VENV/bin/python" -c 'import torch, sys; sys.exit(0 if torch.version.cuda else 1)' 2>/dev/null; then
     echo "note: the installed torch is a CUDA build; set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for a CPU-only build" >&2
   fi
   echo "installing mergekit, lm-eval[hf], mergepipe and dev tools"
