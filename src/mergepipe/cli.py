@@ -19,6 +19,7 @@ from mergepipe.errors import MergepipeError
 COMMAND_MODULES = [
     "mergepipe.commands.merge",
     "mergepipe.commands.methods",
+    "mergepipe.commands.push",
     "mergepipe.commands.validate",
 ]
 

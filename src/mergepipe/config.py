@@ -246,7 +246,8 @@ def wrap_raw_mergekit(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def build_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
-    if "token" in data.get("hub", {}) or "hf_token" in data or "token" in data:
+    hub = data.get("hub")
+    if (isinstance(hub, dict) and "token" in hub) or "hf_token" in data or "token" in data:
         raise ConfigError(
             f"{source}: a Hub token must not be stored in a config file; set HF_TOKEN in the "
             "environment or run 'hf auth login' instead"

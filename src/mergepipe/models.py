@@ -21,6 +21,7 @@ from mergepipe.errors import ModelError
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 ADAPTER_CONFIG = "adapter_config.json"
+IDENTITY_EXCLUDED = frozenset({"README.md", "mergepipe_merge.json"})
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,9 @@ def fingerprint(local_dir: Path) -> str:
     """
     h = hashlib.sha256()
     for p in sorted(local_dir.iterdir()):
-        if not p.is_file():
+        # The model card and our own records change without the model changing (a card is
+        # re-published after evaluation), so they are not part of the model's identity.
+        if not p.is_file() or p.name in IDENTITY_EXCLUDED or p.name.startswith("."):
             continue
         h.update(p.name.encode())
         if p.suffix in WEIGHT_SUFFIXES:
