@@ -134,15 +134,15 @@ class PipelineConfig(_Strict):
     run: str = Field(default="default", description="run name; outputs go under <output dir>/<run>/")
     base_model: ModelRef | None = Field(default=None, description="the model the experts were tuned from")
     models: list[ModelRef] = Field(default_factory=list, description="the expert models to merge")
-    merge: MergeSection = Field(default_factory=MergeSection)
+    merge: MergeSection = Field(default_factory=MergeSection, description="how to merge (section `merge`)")
     dtype: str = Field(default="bfloat16", description="dtype of merged weights: " + ", ".join(DTYPES))
     seed: int = Field(default=42, description="seed for randomized methods (dare, della) and evaluation")
-    outputs: OutputsSection = Field(default_factory=OutputsSection)
+    outputs: OutputsSection = Field(default_factory=OutputsSection, description="where outputs go (section `outputs`)")
     # Sections owned by later stages. Kept as plain dicts here so the merge stage validates the
     # file without importing them; each stage validates its own section strictly.
-    evaluate: dict[str, Any] = Field(default_factory=dict, description="evaluation stage settings")
-    holmes: dict[str, Any] = Field(default_factory=dict, description="Holmes probing settings")
-    hub: dict[str, Any] = Field(default_factory=dict, description="Hugging Face Hub publishing")
+    evaluate: dict[str, Any] = Field(default_factory=dict, description="evaluation stage (section `evaluate`)")
+    holmes: dict[str, Any] = Field(default_factory=dict, description="Holmes probing (section `holmes`)")
+    hub: dict[str, Any] = Field(default_factory=dict, description="Hub publishing (section `hub`)")
 
     @field_validator("run")
     @classmethod
