@@ -110,6 +110,39 @@ class MergeSection(_Strict):
         default=None,
         description="a raw mergekit config, passed through unchanged (set when a mergekit YAML is given)",
     )
+    output: Literal["full", "adapter"] = Field(
+        default="full",
+        description=(
+            "full = a merged model; adapter = a PEFT LoRA adapter of base_model, the merged update "
+            "factored by truncated SVD per target module (see docs/adapters.md)"
+        ),
+    )
+    adapter_rank: int | None = Field(
+        default=None,
+        description="rank of the adapter output (default: the largest rank of the adapter experts)",
+    )
+    adapter_target_modules: list[str] | None = Field(
+        default=None,
+        description=(
+            "modules the adapter output updates, PEFT-style names such as q_proj (default: the "
+            "adapter experts' modules, else every linear layer but lm_head)"
+        ),
+    )
+
+    @field_validator("adapter_rank")
+    @classmethod
+    def _rank_ok(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"adapter_rank must be a positive integer, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _adapter_settings_need_adapter_output(self) -> MergeSection:
+        if self.output != "adapter":
+            for name in ("adapter_rank", "adapter_target_modules"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is set but output is 'full'; set output: adapter to use it")
+        return self
 
     @field_validator("shard_size")
     @classmethod
@@ -120,6 +153,8 @@ class MergeSection(_Strict):
 
 
 class OutputsSection(_Strict):
+    """Output locations; relative paths are relative to the directory the command runs in."""
+
     merged_models: Path = Field(default=Path("merged_models"), description="merged models")
     merge_config: Path = Field(default=Path("merge_config"), description="exact mergekit configs")
     harness_results: Path = Field(default=Path("harness_results"), description="lm-eval results")
@@ -164,7 +199,7 @@ class PipelineConfig(_Strict):
 
     # -- derived ---------------------------------------------------------------------------
     def resolve_paths(self, root: Path) -> PipelineConfig:
-        """Make every output location absolute relative to ``root`` (the config file's dir)."""
+        """Make every output location absolute, relative paths taken from ``root``."""
         outputs = {
             name: (value if value.is_absolute() else (root / value)).resolve()
             for name, value in self.outputs.model_dump().items()
@@ -258,15 +293,19 @@ def build_config(data: dict[str, Any], source: str = "config") -> PipelineConfig
         raise ConfigError(_format_error(exc, source)) from None
 
 
-def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load ``path`` (pipeline or raw mergekit YAML), apply overrides, validate, resolve paths."""
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None, root: Path | None = None) -> PipelineConfig:
+    """Load ``path`` (pipeline or raw mergekit YAML), apply overrides, validate, resolve paths.
+
+    Relative output locations resolve against ``root`` (default: the current directory, as
+    for mergekit's and lm-eval's command lines).
+    """
     path = Path(path)
     data = read_yaml(path)
     if is_raw_mergekit(data):
         data = wrap_raw_mergekit(data, path.stem)
     data = apply_overrides(data, overrides or {})
     config = build_config(data, str(path))
-    return config.resolve_paths(path.resolve().parent)
+    return config.resolve_paths(root or Path.cwd())
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from mergepipe import atomic
+from mergepipe.adapter_output import FULL_MODEL_SUBDIR, convert_to_adapter
+from mergepipe.adapters import lora_cache_key
 from mergepipe.config import PipelineConfig
 from mergepipe.merge_plan import (
     RECORD_NAME,
@@ -45,10 +47,13 @@ class MergeOutcome:
     error: str | None = None
 
 
-def prepare(config: PipelineConfig) -> tuple[list[PlannedMerge], int]:
-    """Validate, resolve and pre-flight everything; no merging. Returns (plans, bytes/merge)."""
+def prepare(config: PipelineConfig, offline_ok: bool = False) -> tuple[list[PlannedMerge], int]:
+    """Validate, resolve and pre-flight everything; no merging. Returns (plans, bytes/merge).
+
+    ``offline_ok`` (dry runs): Hub models that cannot be fetched now are planned unchecked.
+    """
     check_methods(config)
-    base, experts = (None, []) if config.merge.raw_config is not None else resolve_inputs(config)
+    base, experts = (None, []) if config.merge.raw_config is not None else resolve_inputs(config, offline_ok)
     plans = plan_merges(config, (base, experts))
     per_merge = run_preflight(config, plans, base, experts)
     return plans, per_merge
@@ -96,7 +101,7 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def merge_options(config: PipelineConfig, device: str) -> Any:
+def merge_options(config: PipelineConfig, device: str, lora_cache_key: str = "") -> Any:
     from mergekit.common import parse_kmb
     from mergekit.options import MergeOptions
 
@@ -108,7 +113,7 @@ def merge_options(config: PipelineConfig, device: str) -> Any:
         out_shard_size=parse_kmb(config.merge.shard_size),
         copy_tokenizer=True,
         random_seed=config.seed,
-        lora_merge_cache=str(cache_dir() / "lora_merged"),
+        lora_merge_cache=str(cache_dir() / "lora_merged" / lora_cache_key),
         write_model_card=True,
         quiet=True,
     )
@@ -126,8 +131,13 @@ def run_one(plan: PlannedMerge, config: PipelineConfig, device: str) -> MergeOut
     merge_config = MergeConfiguration.model_validate(plan.mergekit_config)
     atomic.remove_stale_temporaries(plan.output_dir.parent)
     start = time.perf_counter()
+    options = merge_options(config, device, lora_cache_key(plan.mergekit_config))
     with PeakRss() as rss, atomic.atomic_dir(plan.output_dir) as tmp:
-        run_merge(merge_config, str(tmp), options=merge_options(config, device), config_source=text)
+        # Adapter output: merge into a full model inside the temporary dir, then factor it.
+        full = tmp / FULL_MODEL_SUBDIR if plan.adapter_output else tmp
+        run_merge(merge_config, str(full), options=options, config_source=text)
+        adapter = (convert_to_adapter(full, tmp, plan.adapter_output, config.dtype, device)
+                   if plan.adapter_output else None)
         wall = time.perf_counter() - start
         record = {
             "name": plan.name,
@@ -146,6 +156,8 @@ def run_one(plan: PlannedMerge, config: PipelineConfig, device: str) -> MergeOut
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "inputs": plan.inputs,
         }
+        if adapter is not None:
+            record.update(output="adapter", adapter=adapter)
         # Written last: its presence with a matching hash is what "complete" means.
         atomic.write_json(tmp / RECORD_NAME, record)
     return MergeOutcome(plan.name, "merged", plan.output_dir, wall)

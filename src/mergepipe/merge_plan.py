@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergepipe.config import MethodSpec, PipelineConfig
-from mergepipe.errors import ConfigError
+from mergepipe.adapter_output import AdapterOutputSpec, plan_adapter_output
+from mergepipe.adapters import check_adapters
+from mergepipe.config import MethodSpec, ModelRef, PipelineConfig
+from mergepipe.errors import ConfigError, ModelError
 from mergepipe.methods import MethodInfo, check_expert_count, get_method, mergekit_config, resolve_parameters
-from mergepipe.models import ResolvedModel, fingerprint, resolve
+from mergepipe.models import HUB_ID_RE, ResolvedModel, fingerprint, resolve
 
 RECORD_NAME = "mergepipe_merge.json"
 
@@ -33,6 +35,8 @@ class PlannedMerge:
     config_file: Path
     raw: bool = False  # a user-provided mergekit config, passed through unchanged
     inputs: dict[str, Any] = field(default_factory=dict)
+    unavailable: list[str] = field(default_factory=list)  # Hub models not fetched (dry runs)
+    adapter_output: AdapterOutputSpec | None = None  # set when merge.output is "adapter"
 
     def record_path(self) -> Path:
         return self.output_dir / RECORD_NAME
@@ -77,6 +81,8 @@ def merge_names(specs: list[MethodSpec]) -> list[str]:
 
 
 def _input_identity(model: ResolvedModel) -> str:
+    if model.kind == "remote":
+        return f"hub:{model.hub_id}@{model.ref.revision or 'main'}"
     if model.hub_id:
         return f"hub:{model.hub_id}@{model.ref.revision or 'main'}:{fingerprint(model.local_dir)}"
     return f"local:{fingerprint(model.local_dir)}"
@@ -92,9 +98,22 @@ def mergekit_version() -> str:
     return version("mergekit")
 
 
-def resolve_inputs(config: PipelineConfig) -> tuple[ResolvedModel | None, list[ResolvedModel]]:
-    base = resolve(config.base_model, "base_model") if config.base_model else None
-    experts = [resolve(ref, f"models[{i}]") for i, ref in enumerate(config.models)]
+def resolve_inputs(
+    config: PipelineConfig, offline_ok: bool = False
+) -> tuple[ResolvedModel | None, list[ResolvedModel]]:
+    """Resolve base and experts. With ``offline_ok`` (dry runs), a Hub model that cannot be
+    fetched now is kept as a ``remote`` reference instead of failing."""
+
+    def one(ref: ModelRef, where: str) -> ResolvedModel:
+        try:
+            return resolve(ref, where)
+        except ModelError:
+            if offline_ok and HUB_ID_RE.match(ref.path) and not Path(ref.path).exists():
+                return ResolvedModel(ref, Path(ref.path), "remote", hub_id=ref.path)
+            raise
+
+    base = one(config.base_model, "base_model") if config.base_model else None
+    experts = [one(ref, f"models[{i}]") for i, ref in enumerate(config.models)]
     return base, experts
 
 
@@ -126,10 +145,12 @@ def plan_merges(
     run_models = config.outputs.merged_models / config.run
     run_configs = config.outputs.merge_config / config.run
     if config.merge.raw_config is not None:
+        plan_adapter_output(config, None, {})  # adapter output is refused for raw configs
         return [_plan_raw(config, run_models, run_configs)]
     specs = config.merge.methods
     checked = check_methods(config)
     base, experts = resolved or resolve_inputs(config)
+    adapter_output = plan_adapter_output(config, base, check_adapters(base, experts))
     plans = []
     for (method, shared, per_model), name in zip(checked, merge_names(specs)):
         mk_experts = [_mergekit_ref(m, base, f"models[{j}]") for j, m in enumerate(experts)]
@@ -143,6 +164,8 @@ def plan_merges(
             "seed": config.seed,
             "mergekit": mergekit_version(),
         }
+        if adapter_output is not None:  # only then, so full-model hashes stay as they were
+            payload["output"] = adapter_output.hash_payload()
         plans.append(PlannedMerge(
             name=name,
             method=method,
@@ -153,12 +176,16 @@ def plan_merges(
             config_file=run_configs / f"{name}.yaml",
             inputs={"base": config.base_model.display() if config.base_model else None,
                     "experts": [m.display() for m in config.models]},
+            unavailable=[m.ref.display() for m in ([base] if base else []) + experts if m.kind == "remote"],
+            adapter_output=adapter_output,
         ))
     return plans
 
 
 def _mergekit_ref(model: ResolvedModel, base: ResolvedModel | None, where: str) -> str:
     """mergekit's name for a model; a LoRA adapter becomes ``<base dir>+<adapter dir>``."""
+    if model.kind == "remote":  # dry run: not fetched; mergekit's own spelling
+        return f"{model.hub_id}@{model.ref.revision}" if model.ref.revision else str(model.hub_id)
     if model.kind != "adapter":
         return model.mergekit_path
     if base is None or base.kind != "full":

@@ -12,6 +12,7 @@ from typing import Any
 
 from mergepipe.config import DEFAULT_CONFIG, PipelineConfig, apply_overrides, build_config, env_overrides
 from mergepipe.config import load_config as _load
+from mergepipe.paths import project_root
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,12 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Load ``--config`` with overrides; a missing default file is fine when flags say enough."""
     path = Path(args.config)
     overrides = overrides_from_args(args)
-    if not path.exists() and args.config == DEFAULT_CONFIG and overrides:
-        return build_config(apply_overrides({}, overrides), "flags").resolve_paths(Path.cwd())
+    if not path.exists() and args.config == DEFAULT_CONFIG:
+        if overrides:
+            return build_config(apply_overrides({}, overrides), "flags").resolve_paths(Path.cwd())
+        # Run from anywhere: the project's own pipeline.yaml (the demo), with its outputs in
+        # the project, is the default.
+        if (project_root() / DEFAULT_CONFIG).is_file():
+            args.config = str(project_root() / DEFAULT_CONFIG)
+            return _load(project_root() / DEFAULT_CONFIG, overrides, root=project_root())
     return _load(path, overrides)
