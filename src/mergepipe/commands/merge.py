@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_argument(parser)
     add_model_overrides(parser)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                        help="where merge math runs (default: config merge.device, auto)")
+                        help="where merge math runs (default: config merge.device, auto = cuda when visible)")
+    parser.add_argument("--cuda", dest="device", action="store_const", const="cuda",
+                        help="merge on the GPU (same as --device cuda)")
     parser.add_argument("--force", action="store_true", help="merge again even when up to date")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; merge nothing")
     parser.set_defaults(func=run)
