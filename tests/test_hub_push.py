@@ -253,10 +253,11 @@ def test_failed_verification_keeps_local_copy(tmp_path, tiny_models, fake_hub, p
     assert (layout.model_dir / "model.safetensors").is_file()
 
 
-def test_push_a_real_merge(tmp_path, tiny_models, fake_hub):
+def test_push_a_real_merge(tmp_path, tiny_models, fake_hub, monkeypatch):
     """The merge stage's own output (record, exact YAML, mergekit files) publishes as is."""
     from mergepipe.cli import main
 
+    monkeypatch.chdir(tmp_path)  # relative outputs resolve against the working directory
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({
         "run": RUN, "base_model": str(tiny_models.base), "models": [str(p) for p in tiny_models.experts[:2]],

@@ -33,6 +33,12 @@ def online_with_token(no_token, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    # Relative output locations resolve against the working directory.
+    monkeypatch.chdir(tmp_path)
+
+
 def _config(hub: dict, run: str = "demo", methods=("ties",)):
     return build_config({"run": run, "merge": {"methods": list(methods)}, "hub": hub}, "pipeline.yaml")
 

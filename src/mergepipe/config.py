@@ -15,7 +15,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -246,6 +246,28 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
             return []
         model = nested[0]
     return list(model.model_fields)
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def validate_section(model: type[SectionT], data: Any, section: str, source: str = "config") -> SectionT:
+    """Validate one stage's section (``evaluate:``, ``holmes:``, ``hub:``) with one-line errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {section}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=1)
+            extra = f" (did you mean '{section}.{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"{source}: unknown key '{section}.{loc}'{extra}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{source}: {section}.{loc}: {msg}") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

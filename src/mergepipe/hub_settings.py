@@ -14,8 +14,9 @@ import string
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mergepipe.config import validate_section
 from mergepipe.errors import ConfigError
 
 # Hub naming rules (huggingface_hub.utils.validate_repo_id and the Hub's own form): letters,
@@ -156,24 +157,9 @@ def refuse_secrets(data: Any, where: str = "hub", *, by_key: bool = True) -> Non
 
 def parse_hub_section(raw: Any, source: str = "config") -> HubSection:
     """Validate the raw ``hub:`` mapping into a HubSection (one-line ConfigError on failure)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: hub: expected a mapping of settings, got {type(raw).__name__}")
-    refuse_secrets(raw)
-    try:
-        return HubSection.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            import difflib
-
-            hint = difflib.get_close_matches(loc, list(HubSection.model_fields), n=1)
-            extra = f" (did you mean 'hub.{hint[0]}'?)" if hint else ""
-            raise ConfigError(f"{source}: unknown key 'hub.{loc}'{extra}") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{source}: hub.{loc}: {msg}") from None
+    if isinstance(raw, dict):
+        refuse_secrets(raw)
+    return validate_section(HubSection, raw, "hub", source)
 
 
 def token_available() -> bool:

@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "validate",
         help="validate the config, models and merge plan; change nothing",
-        description="Run every check the pipeline runs before merging (config fields, methods and "
-        "their parameters, model paths, architectures, vocabularies, disk space) and report.",
+        description="Run every check the pipeline runs before its first merge (config fields of every "
+        "section, methods and their parameters, model paths, architectures, vocabularies, disk space, "
+        "Hub names and token when publishing) and report.",
     )
     add_config_argument(parser)
     add_model_overrides(parser)
@@ -20,9 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergepipe.merge import prepare
+    from mergepipe.pipeline import validate
 
     config = config_from_args(args)
-    plans, _ = prepare(config)
-    print(f"{args.config}: valid; {len(plans)} merge(s): " + ", ".join(p.name for p in plans))
+    checked = validate(config)
+    print(f"{args.config}: valid; {len(checked.plans)} merge(s): " + ", ".join(p.name for p in checked.plans))
     return 0
