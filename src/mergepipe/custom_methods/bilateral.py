@@ -1,0 +1,159 @@
+"""Bilateral consensus merging: the task-vector sum that disturbs no expert on either side.
+
+Every expert ``i`` brings a task vector ``tau_i = theta_i - theta_base``. For each weight matrix
+the merged delta ``M`` is the closed-form minimiser of
+
+    sum_i ||(M - tau_i) tau_i^T||_F^2 + ||tau_i^T (M - tau_i)||_F^2
+
+The first term asks ``M`` to act like ``tau_i`` on the inputs expert ``i`` reacts to (the row
+space of ``tau_i`` stands in for its input data, as in WUDI); the second asks it to write like
+``tau_i`` into the outputs expert ``i`` writes to (its column space). Solving both at once is a
+Sylvester equation that decouples in the eigenbases of the two summed Gram matrices, so it
+needs no iterations, no data and no coefficient. It returns the expert for K = 1 or identical
+experts, and the plain sum for experts acting on mutually orthogonal inputs and outputs: what
+one expert learned alone is added in full, what several learned together is counted once.
+
+* Elements only one expert changed are added as they are (nothing else can interfere there),
+  so experts touching disjoint parameters merge to exactly the task-arithmetic sum.
+* Vectors (norm gains, biases) and vocabulary rows (embeddings, output head: one token per
+  row) use the same objective per element / per row, where it reduces to the energy-weighted
+  mean ``sum_i |r_i|^2 r_i / sum_i |r_i|^2``; one token's update never leaks into another.
+* Inputs are upcast to at least float32, the spectral step runs in float64 (Gram matrices
+  square the condition number), on whatever device mergekit hands the tensors to.
+
+docs/methods/bilateral_consensus.md has the derivation, the comparison with TSV-Merge,
+Iso-C/Iso-CTS and WUDI, and the cost.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from mergekit.merge_methods.base import BasePolicy, InputContract, TensorGroup
+from mergekit.merge_methods.easy_define import merge_method
+
+METHOD_NAME = "bilateral_consensus"
+
+DEFAULTS: dict[str, float] = {"eps": 1e-12}
+
+# Read by mergepipe.methods (via mergepipe.custom_methods.CATALOGUE_INFO).
+CATALOGUE_INFO = {
+    "layout": "delta",
+    "description": (
+        "Data-free closed-form merge of task vectors that keeps each expert's effect on its own "
+        "input and output subspaces (bilateral least squares); no coefficients to set."
+    ),
+    "defaults": dict(DEFAULTS),
+}
+
+# Tensors with one row per vocabulary entry, for callers that pass names but no vocabulary
+# axis (mergekit's merge_state_dicts); run_merge passes the axis itself.
+_VOCAB_NAME = re.compile(r"(embed_tokens|lm_head|wte|word_embeddings|embed_in|embed_out)(\.weight)?$")
+
+
+def vocabulary_axis(name: str | None, axis: int | None, ndim: int) -> int | None:
+    if ndim != 2:
+        return None
+    if axis is not None:
+        return axis
+    if name and _VOCAB_NAME.search(name):
+        return 0
+    return None
+
+
+def _tiny(x: torch.Tensor) -> float:
+    return torch.finfo(x.dtype).tiny
+
+
+def _weighted_mean(deltas: torch.Tensor, reduce_dims: tuple[int, ...]) -> torch.Tensor:
+    """sum_i e_i tau_i / sum_i e_i with e_i the energy of tau_i over ``reduce_dims``.
+
+    The minimiser of the bilateral objective when every element (or row) is its own problem.
+    """
+    energy = deltas.square()
+    if reduce_dims:
+        energy = energy.sum(reduce_dims, keepdim=True)
+    total = energy.sum(0)
+    return (energy * deltas).sum(0) / total.clamp_min(_tiny(total))
+
+
+def _bilateral(deltas: torch.Tensor, eps: float) -> torch.Tensor:
+    """Closed-form minimiser for stacked matrices [K, out, in].
+
+    The gradient vanishes where ``H M + M G = C`` with ``H = sum_i tau_i tau_i^T``,
+    ``G = sum_i tau_i^T tau_i`` and ``C = 2 sum_i tau_i tau_i^T tau_i``. With
+    ``H = P diag(h) P^T`` and ``G = Q diag(g) Q^T`` this is
+    ``(P^T M Q)_ab = (P^T C Q)_ab / (h_a + g_b)``. Where no expert acts on either side
+    (``h_a + g_b`` below eps of the largest) every task vector is zero, and so is M.
+    """
+    x = deltas.double()
+    gram_in = torch.einsum("kri,krj->ij", x, x)
+    gram_out = torch.einsum("kir,kjr->ij", x, x)
+    cube = torch.zeros_like(x[0])
+    for t in x:  # sum_i tau_i tau_i^T tau_i, multiplied in the cheaper order
+        cube += t @ (t.T @ t) if t.shape[1] <= t.shape[0] else (t @ t.T) @ t
+    h, p = torch.linalg.eigh(gram_out)
+    g, q = torch.linalg.eigh(gram_in)
+    denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :]
+    rotated = p.T @ (2.0 * cube) @ q
+    solved = torch.where(denom > eps * denom.max(), rotated / denom.clamp_min(_tiny(denom)), 0.0)
+    return (p @ solved @ q.T).to(deltas.dtype)
+
+
+def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float) -> torch.Tensor:
+    if deltas.dim() <= 2:  # scalars and vectors: per element
+        return _weighted_mean(deltas, ())
+    if axis is not None:  # vocabulary rows: per row
+        moved = deltas.movedim(axis + 1, 1)
+        rows = moved.reshape(moved.shape[0], moved.shape[1], -1)
+        merged = _weighted_mean(rows, (2,)).reshape(moved.shape[1:])
+        return merged.movedim(0, axis)
+    k = deltas.shape[0]
+    matrices = deltas.reshape(k, deltas.shape[1], -1)  # conv-like weights: flatten the fan-in
+    return _bilateral(matrices, eps).reshape(deltas.shape[1:])
+
+
+def bilateral_delta(
+    deltas: torch.Tensor,
+    *,
+    name: str | None = None,
+    vocab_axis: int | None = None,
+    eps: float = DEFAULTS["eps"],
+) -> torch.Tensor:
+    """The merged task vector for stacked expert task vectors ``deltas`` [K, *shape]."""
+    if deltas.shape[0] == 1:
+        return deltas[0].clone()
+    axis = vocabulary_axis(name, vocab_axis, deltas.dim() - 1)
+    # Elements only one expert touched are added as they are; the rest is solved jointly.
+    # For dense fine-tuning no element is exclusive and this split changes nothing.
+    touched = (deltas != 0).sum(0)
+    exclusive = touched == 1
+    if not bool(exclusive.any()):
+        return _merge_shared(deltas, axis, eps)
+    alone = (deltas * exclusive).sum(0)
+    if not bool((touched > 1).any()):
+        return alone
+    return alone + _merge_shared(deltas * ~exclusive, axis, eps)
+
+
+@merge_method(
+    name=METHOD_NAME,
+    pretty_name="Bilateral Consensus",
+    contract=InputContract(base=BasePolicy.REQUIRED),
+)
+def bilateral_consensus_merge(group: TensorGroup, eps: float = DEFAULTS["eps"]) -> torch.Tensor:
+    base = group.base.tensor
+    experts = group.non_base
+    if not experts:
+        return base
+    if not base.is_floating_point():
+        raise TypeError(f"{METHOD_NAME} needs floating-point tensors ({group.metadata.name})")
+    # At least float32 whatever the storage dtype (bf16 deltas lose most of their bits).
+    work = torch.float64 if base.dtype == torch.float64 else torch.float32
+    base_w = base.to(work)
+    deltas = torch.stack([entry.tensor.to(work) - base_w for entry in experts])
+    merged = bilateral_delta(
+        deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, eps=eps
+    )
+    return (base_w + merged).to(base.dtype)
