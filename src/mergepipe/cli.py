@@ -19,7 +19,11 @@ from mergepipe.errors import MergepipeError
 COMMAND_MODULES = [
     "mergepipe.commands.merge",
     "mergepipe.commands.methods",
+    "mergepipe.commands.probe",
     "mergepipe.commands.push",
+    "mergepipe.commands.organize",
+    "mergepipe.commands.plot",
+    "mergepipe.commands.report",
     "mergepipe.commands.validate",
 ]
 

@@ -1,0 +1,91 @@
+"""The ``holmes:`` section of ``pipeline.yaml``: how Holmes-style linguistic probing runs.
+
+``PipelineConfig.holmes`` is a plain dict so the merge stage does not import this module; the
+evaluation stage validates it here, strictly (unknown keys are errors with a did-you-mean hint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mergepipe.config import validate_section
+from mergepipe.errors import ConfigError
+
+
+class HolmesSection(BaseModel):
+    """Settings of the Holmes probing suite (built-in engine or the upstream checkout)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    engine: Literal["builtin", "upstream"] = Field(
+        default="builtin",
+        description=(
+            "'builtin': mergepipe's own Holmes-compatible engine (no extra install); 'upstream': "
+            "run investigate.py of a Holmes checkout given by 'dir' in environments/holmes"
+        ),
+    )
+    data_dir: Path | None = Field(
+        default=None,
+        description=(
+            "folder of Holmes dataset folders (each with config-none.yaml + samples.csv); "
+            "default: the demo zoo's probing sets (builtin) or <dir>/data/<version> (upstream)"
+        ),
+    )
+    version: str | None = Field(
+        default=None,
+        description=(
+            "benchmark version written into results_<version>.csv; default: the name of data_dir "
+            "(e.g. 'flash-holmes'); for the upstream engine, the folder under <dir>/data/"
+        ),
+    )
+    mapping_csv: Path | None = Field(
+        default=None,
+        description=(
+            "CSV mapping each probing dataset to its competence, in the upstream leaderboard "
+            "columns ('probing dataset', 'linguistic subfield', 'linguistic phenomena', 'probe "
+            "type'); default: a mapping CSV found in data_dir"
+        ),
+    )
+    dir: Path | None = Field(
+        default=None, description="the upstream Holmes checkout (engine: upstream only), data downloaded"
+    )
+    seeds: int = Field(default=5, ge=1, le=100, description="probe seeds per dataset (0..seeds-1)")
+    control_task: bool = Field(
+        default=True,
+        description="also train on permuted labels (control task) so selectivity can be reported",
+    )
+    layer: int = Field(
+        default=-1, description="hidden-state layer to probe: -1 = last, 0 = embeddings, k = after block k"
+    )
+    batch_size: int = Field(default=32, ge=1, description="encoding batch size (sentences per forward pass)")
+    max_length: int = Field(default=512, ge=8, description="longest input in tokens; longer inputs are cut")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where the frozen model encodes; probes always train on CPU"
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version_ok(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or value.startswith(".")):
+            raise ValueError(f"version {value!r} must be a plain folder-like name")
+        return value
+
+
+def parse_holmes_section(data: dict[str, Any] | None, root: Path | None = None,
+                         source: str = "holmes") -> HolmesSection:
+    """Validate ``data`` (the raw ``holmes:`` dict); relative paths are resolved against ``root``."""
+    section = validate_section(HolmesSection, data, "holmes", source)
+    if root is not None:
+        updates = {
+            name: (root / value).resolve()
+            for name in ("data_dir", "mapping_csv", "dir")
+            if (value := getattr(section, name)) is not None and not value.is_absolute()
+        }
+        section = section.model_copy(update=updates)
+    if section.engine == "upstream" and section.dir is None:
+        raise ConfigError(
+            f"{source}: holmes.dir must name the upstream Holmes checkout when holmes.engine is 'upstream'")
+    return section
