@@ -17,7 +17,10 @@ from mergepipe.errors import MergepipeError
 
 # Order is the order shown in --help.
 COMMAND_MODULES = [
+    "mergepipe.commands.run",
     "mergepipe.commands.merge",
+    "mergepipe.commands.evaluate",
+    "mergepipe.commands.eval_harness",
     "mergepipe.commands.methods",
     "mergepipe.commands.probe",
     "mergepipe.commands.push",
