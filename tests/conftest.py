@@ -31,3 +31,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     from tiny_models import make_model_family
 
     return make_model_family(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The demo zoo's manifest: built once per machine (shared cache), reused by every test."""
+    from mergepipe.zoo import ensure_built
+
+    return ensure_built()

@@ -22,10 +22,10 @@ def reduced_demo(tmp: Path) -> Path:
     config = {
         "run": "e2e",
         "base_model": "zoo://base",
-        "models": ["zoo://inc", "zoo://next"],
+        "models": ["zoo://next", "zoo://mirror"],
         "dtype": "float32",
         "merge": {"methods": ["linear", "task_arithmetic"]},
-        "evaluate": {"roles": ["base", "experts", "merged"], "suites": {"zoo": ["zoo_inc", "zoo_next"]},
+        "evaluate": {"roles": ["base", "experts", "merged"], "suites": {"zoo": ["zoo_next", "zoo_mirror"]},
                      "limit": 40, "batch_size": 32, "jobs": 2},
         "holmes": {"seeds": 1, "control_task": True},
     }
@@ -55,7 +55,7 @@ def test_examples_validate_and_dry_run(example, tmp_path, capsys, monkeypatch):
 
 def test_dry_run_with_an_invalid_config_is_one_line(tmp_path, capsys):
     bad = tmp_path / "p.yaml"
-    bad.write_text(yaml.safe_dump({"models": ["zoo://inc"], "merge": {"methods": ["slerp"]}}))
+    bad.write_text(yaml.safe_dump({"models": ["zoo://next"], "merge": {"methods": ["slerp"]}}))
     assert main(["run", "--config", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: merge.methods[0]: slerp needs 2 expert model(s), got 1"]

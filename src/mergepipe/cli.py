@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "mergepipe.commands.plot",
     "mergepipe.commands.report",
     "mergepipe.commands.validate",
+    "mergepipe.commands.zoo",
 ]
 
 

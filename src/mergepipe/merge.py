@@ -122,6 +122,7 @@ def merge_options(config: PipelineConfig, device: str, lora_cache_key: str = "")
 def run_one(plan: PlannedMerge, config: PipelineConfig, device: str) -> MergeOutcome:
     """Merge one model (the caller decided it is not complete yet)."""
     from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
     from mergekit.merge import run_merge
 
     import mergepipe.custom_methods  # noqa: F401  (register our methods with mergekit)
@@ -132,6 +133,9 @@ def run_one(plan: PlannedMerge, config: PipelineConfig, device: str) -> MergeOut
     atomic.remove_stale_temporaries(plan.output_dir.parent)
     start = time.perf_counter()
     options = merge_options(config, device, lora_cache_key(plan.mergekit_config))
+    # mergekit keeps one loader per model *path* for the life of the process: drop them, so an
+    # input rewritten in place (a retrained adapter) is read afresh.
+    LoaderCache().loaders.clear()
     with PeakRss() as rss, atomic.atomic_dir(plan.output_dir) as tmp:
         # Adapter output: merge into a full model inside the temporary dir, then factor it.
         full = tmp / FULL_MODEL_SUBDIR if plan.adapter_output else tmp
