@@ -5,39 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import reduced_demo_config, start_script
 
 from mergepipe.cli import main
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
-
-
-def reduced_demo(tmp: Path) -> Path:
-    """The demo's shape (zoo pair, base, merges, harness + Holmes), small enough for CI."""
-    config = {
-        "run": "e2e",
-        "base_model": "zoo://base",
-        "models": ["zoo://next", "zoo://mirror"],
-        "dtype": "float32",
-        "merge": {"methods": ["linear", "task_arithmetic"]},
-        "evaluate": {"roles": ["base", "experts", "merged"], "suites": {"zoo": ["zoo_next", "zoo_mirror"]},
-                     "limit": 40, "batch_size": 32, "jobs": 2},
-        "holmes": {"seeds": 1, "control_task": True},
-    }
-    path = tmp / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def script(repo_root: Path, cwd: Path, *args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.Popen([str(repo_root / "script.sh"), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -61,16 +38,6 @@ def test_dry_run_with_an_invalid_config_is_one_line(tmp_path, capsys):
     assert err == ["error: merge.methods[0]: slerp needs 2 expert model(s), got 1"]
 
 
-@pytest.fixture(scope="module")
-def demo_run(zoo, repo_root, tmp_path_factory):
-    """One reduced demo run through script.sh; later tests look at what it left."""
-    work = tmp_path_factory.mktemp("e2e")
-    reduced_demo(work)
-    proc = script(repo_root, work, "--config", "pipeline.yaml")
-    out, _ = proc.communicate(timeout=900)
-    return work, proc.returncode, out
-
-
 def test_script_runs_the_pipeline_end_to_end(demo_run):
     work, code, out = demo_run
     assert code == 0, out[-3000:]
@@ -78,11 +45,12 @@ def test_script_runs_the_pipeline_end_to_end(demo_run):
     assert [s["name"] for s in summary["stages"]] == ["validate", "merge", "evaluate", "organize", "report"]
     assert all(s["status"] == "ok" for s in summary["stages"]), summary["stages"]
     assert summary["failures"] == []
-    assert sorted(p.name for p in (work / "merged_models" / "e2e").iterdir()) == ["linear", "task_arithmetic"]
-    # 5 models (base, 2 experts, 2 merges), each with harness and Holmes results
+    assert sorted(p.name for p in (work / "merged_models" / "e2e").iterdir()) == [
+        "linear", "task_arithmetic", "ties-density0.3", "ties-density0.7"]
+    # 7 models (base, 2 experts, 4 merges), each with harness and Holmes results
     harness = [p for p in (work / "harness_results").iterdir() if p.is_dir()]
     holmes = [p for p in (work / "holmes_results").iterdir() if p.is_dir()]
-    assert len(harness) == 5 and len(holmes) == 5
+    assert len(harness) == 7 and len(holmes) == 7
     assert all(list(p.glob("*/results_*.json")) for p in harness)
     assert (work / "organized_results" / "report.html").is_file()
     assert "report:" in out and "peak RSS" in out and "total" in out
@@ -92,10 +60,10 @@ def test_immediate_rerun_skips_everything(demo_run, repo_root):
     work, code, _ = demo_run
     assert code == 0
     records = {p: p.read_text() for p in (work / "merged_models" / "e2e").glob("*/mergepipe_merge.json")}
-    proc = script(repo_root, work, "--config", "pipeline.yaml")
+    proc = start_script(work, "--config", "pipeline.yaml")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    assert out.count("up to date, skipped") == 2
+    assert out.count("up to date, skipped") == 4
     assert {p: p.read_text() for p in records} == records
     summary = json.loads((work / "organized_results" / "run_summary.json").read_text())
     evaluate = next(s for s in summary["stages"] if s["name"] == "evaluate")
@@ -103,8 +71,8 @@ def test_immediate_rerun_skips_everything(demo_run, repo_root):
 
 
 def test_killed_during_evaluation_resumes_without_redoing_merges(zoo, repo_root, tmp_path):
-    reduced_demo(tmp_path)
-    proc = script(repo_root, tmp_path, "--config", "pipeline.yaml")
+    reduced_demo_config(tmp_path, ["linear", "task_arithmetic"])
+    proc = start_script(tmp_path, "--config", "pipeline.yaml")
     logs = tmp_path / "logs"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -117,7 +85,7 @@ def test_killed_during_evaluation_resumes_without_redoing_merges(zoo, repo_root,
     proc.wait()
     records = {p: p.read_text() for p in (tmp_path / "merged_models" / "e2e").glob("*/mergepipe_merge.json")}
     assert len(records) == 2
-    rerun = script(repo_root, tmp_path, "--config", "pipeline.yaml")
+    rerun = start_script(tmp_path, "--config", "pipeline.yaml")
     out, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, out[-3000:]
     assert out.count("up to date, skipped") == 2
