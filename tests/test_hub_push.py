@@ -26,7 +26,7 @@ from mergepipe.hub import local_files
 from mergepipe.model_card import read_front_matter
 
 # Token-shaped, unique, and never legitimately written anywhere.
-FAKE_TOKEN = "hf_PushLeakCheck7Qz4xW9bN2mK5vR8tY3uE6"
+FAKE_TOKEN = "hf_" + "PushLeakCheck7Qz4xW9bN2mK5vR8tY3uE6"  # fake; split so no file holds a token-shaped literal
 RUN = "demo"
 NAME = "ties-d0.5"
 REPO_ID = f"test-user/{RUN}-{NAME}"
@@ -212,7 +212,7 @@ def test_token_is_found_nowhere(tmp_path, tiny_models, fake_hub):
 
 def test_rejected_token_is_one_clean_line(tmp_path, tiny_models, fake_hub):
     layout = make_layout(tmp_path, tiny_models.experts[2], {"push": True, "namespace": "test-user"})
-    wrong = "hf_WrongTokenForLeakCheck1234567890ab"
+    wrong = "hf_" + "WrongTokenForLeakCheck1234567890ab"
     result = run_push(layout, fake_hub, token=wrong)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
