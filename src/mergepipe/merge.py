@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from mergepipe.merge_plan import (
 )
 from mergepipe.paths import cache_dir
 from mergepipe.preflight import run_preflight
+from mergepipe.resources import ResourceMonitor, StageUsage
 
 LOG = logging.getLogger(__name__)
 
@@ -69,32 +69,6 @@ def choose_device(setting: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class PeakRss:
-    """Sample this process's resident memory in the background; ``peak`` is the maximum seen."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.peak = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -136,7 +110,7 @@ def run_one(plan: PlannedMerge, config: PipelineConfig, device: str) -> MergeOut
     # mergekit keeps one loader per model *path* for the life of the process: drop them, so an
     # input rewritten in place (a retrained adapter) is read afresh.
     LoaderCache().loaders.clear()
-    with PeakRss() as rss, atomic.atomic_dir(plan.output_dir) as tmp:
+    with ResourceMonitor(StageUsage(plan.name), interval=0.05) as usage, atomic.atomic_dir(plan.output_dir) as tmp:
         # Adapter output: merge into a full model inside the temporary dir, then factor it.
         full = tmp / FULL_MODEL_SUBDIR if plan.adapter_output else tmp
         run_merge(merge_config, str(full), options=options, config_source=text)
@@ -155,7 +129,7 @@ def run_one(plan: PlannedMerge, config: PipelineConfig, device: str) -> MergeOut
             "dtype": plan.mergekit_config.get("dtype", config.dtype),
             "device": device,
             "wall_seconds": round(wall, 3),
-            "peak_rss_bytes": rss.peak,
+            "peak_rss_bytes": usage.peak_rss_bytes,
             "output_bytes": _dir_bytes(tmp),
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "inputs": plan.inputs,

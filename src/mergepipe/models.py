@@ -153,11 +153,11 @@ def inspect_model(local_dir: Path) -> ModelInfo:
 
 
 def fingerprint(local_dir: Path) -> str:
-    """A cheap content fingerprint: config/tokenizer bytes plus each weight file's name and size.
+    """A cheap content fingerprint of a model directory.
 
-    Hashing whole weight files would take minutes for large models; for our merged models the
-    safetensors header (which changes with any tensor layout change) is included too, and a
-    re-merged model always gets a new merge record hash.
+    Small files (configs, tokenizer, weight files under 64 MiB) are hashed byte for byte; larger
+    weight files contribute their name and size only, since hashing them would take minutes for
+    large models. The model card and merge record are left out (see IDENTITY_EXCLUDED).
     """
     h = hashlib.sha256()
     for p in sorted(local_dir.iterdir()):

@@ -18,7 +18,7 @@ from typing import Any
 
 from mergepipe import __version__, atomic
 from mergepipe.config import PipelineConfig
-from mergepipe.errors import MergepipeError, StageFailed
+from mergepipe.errors import MergepipeError
 from mergepipe.resources import ResourceMonitor, StageUsage, human_bytes
 
 RUN_SUMMARY = "run_summary.json"
@@ -102,10 +102,7 @@ def _stage(report: RunReport, name: str, work: Callable[[StageUsage], None],
     try:
         with ResourceMonitor(usage):
             work(usage)
-    except StageFailed as exc:
-        usage.status, usage.detail = "failed", str(exc)
-        report.failures.append({"stage": name, "job": "", "message": str(exc), "log": ""})
-    except MergepipeError as exc:
+    except MergepipeError as exc:  # StageFailed included
         usage.status, usage.detail = "failed", str(exc)
         report.failures.append({"stage": name, "job": "", "message": str(exc), "log": ""})
     report.stages.append(usage)
