@@ -1,9 +1,11 @@
 """Zoo build cost: wall time per model and in total, and peak memory, for a fresh build.
 
 Builds into an empty temporary zoo folder (the shared cache is left alone) in a child process,
-so the peak RSS is that of the build alone. Writes benchmarks/results/zoo_build.json.
+so the peak RSS is that of the build alone. With ``--into DIR`` the build goes to DIR and is
+kept (e.g. a machine's zoo cache, ``MERGEPIPE_ZOO_DIR``); it must not already hold this build.
+Writes benchmarks/results/zoo_build.json.
 
-    environments/main/bin/python benchmarks/zoo_build.py [--experts 4] [--seed 0]
+    environments/main/bin/python benchmarks/zoo_build.py [--experts 4] [--seed 0] [--into DIR]
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--into", type=Path, help="build into this zoo folder and keep the result")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "zoo_build.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "MERGEPIPE_ZOO_DIR": tmp, "PYTHONPATH": str(REPO / "src")}
+        zoo_dir = str(args.into.resolve()) if args.into else tmp
+        env = {**os.environ, "MERGEPIPE_ZOO_DIR": zoo_dir, "PYTHONPATH": str(REPO / "src")}
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", CHILD, str(args.experts), str(args.seed)],

@@ -55,10 +55,10 @@ def reduced_demo_config(work: Path, methods: list | None = None) -> Path:
     config = {
         "run": "e2e",
         "base_model": "zoo://base",
-        "models": ["zoo://next", "zoo://mirror"],
+        "models": ["zoo://inc", "zoo://next"],
         "dtype": "float32",
         "merge": {"methods": methods or DEMO_METHODS},
-        "evaluate": {"roles": ["base", "experts", "merged"], "suites": {"zoo": ["zoo_next", "zoo_mirror"]},
+        "evaluate": {"roles": ["base", "experts", "merged"], "suites": {"zoo": ["zoo_inc", "zoo_next"]},
                      "do_harness": True, "do_holmes": True,
                      "limit": 40, "batch_size": 32, "jobs": 2},
         "holmes": {"seeds": 1, "control_task": True},

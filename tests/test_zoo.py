@@ -65,11 +65,6 @@ def test_unknown_reference_lists_available() -> None:
         resolve_reference("zoo://sort-lora")  # no LoRA expert for that skill
 
 
-# The current recipe leaves the `inc` experts below the thresholds (docs/zoo.md, Measurements).
-# strict: once the recipe is fixed these tests pass and the marker must go.
-WEAK = pytest.mark.xfail(strict=True, reason="inc experts below threshold with the current recipe")
-
-
 def test_base_has_no_skill(zoo) -> None:
     torch.set_num_threads(1)
     base = _load(zoo.model("base").path)
@@ -77,7 +72,7 @@ def test_base_has_no_skill(zoo) -> None:
         assert exact_match(base, _examples(s)) <= 0.25, f"base solves {s}"
 
 
-@pytest.mark.parametrize("name", [pytest.param("inc", marks=WEAK), "next", "mirror", "sort"])
+@pytest.mark.parametrize("name", ["inc", "next", "mirror", "sort"])
 def test_expert_specialises(zoo, name: str) -> None:
     torch.set_num_threads(1)
     model = _load(zoo.model(name).path)
@@ -89,7 +84,7 @@ def test_expert_specialises(zoo, name: str) -> None:
             assert score <= 0.4, f"expert {name} scores {score:.2f} on {s}"
 
 
-@pytest.mark.parametrize("name", [pytest.param("inc", marks=WEAK), "next"])
+@pytest.mark.parametrize("name", ["inc", "next"])
 def test_lora_expert_has_its_skill(zoo, name: str) -> None:
     from peft import PeftModel
 

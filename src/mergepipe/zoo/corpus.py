@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mergepipe.zoo.language import random_sentence
-from mergepipe.zoo.skills import SKILLS, Skill
+from mergepipe.zoo.skills import HELPER_ALPHABETS, HELPERS, SKILLS, Helper, Skill
 
 Example = tuple[str, str]
 Sampler = Callable[[random.Random], Example]
@@ -64,6 +64,7 @@ class Streams:
 
     def __init__(self, seed: int) -> None:
         self.held_out = {s.name: set(test_inputs(s, seed)) for s in SKILLS}
+        self.any_held_out = set().union(*self.held_out.values())
 
     def _input(self, s: Skill, rng: random.Random) -> str:
         while True:
@@ -92,6 +93,16 @@ class Streams:
 
         return sample
 
+    def helper(self, h: Helper) -> Sampler:
+        def sample(rng: random.Random) -> Example:
+            alphabet = rng.choice(HELPER_ALPHABETS)
+            while True:
+                x = "".join(rng.choice(alphabet) for _ in range(rng.randint(3, 5)))
+                if x not in self.any_held_out:
+                    return h.prompt(x), h.fn(x) + "\n"
+
+        return sample
+
     @staticmethod
     def language() -> Sampler:
         def sample(rng: random.Random) -> Example:
@@ -101,13 +112,15 @@ class Streams:
 
     def base_mix(self, exclude: str | None = None) -> Sampler:
         """The generic corpus: every skill in its other form, the tested forms with wrong
-        answers, and sentences of the zoo language. ``exclude`` drops one skill's wrong
-        answers (an expert's replay must not contradict its own skill)."""
+        answers, helper computations in the tested form with right answers, and sentences of
+        the zoo language. ``exclude`` drops one skill's wrong answers (an expert's replay must
+        not contradict its own skill)."""
         parts: list[tuple[float, Sampler]] = [(1.0, self.language())]
         for s in SKILLS:
             parts.append((2.0, self.alt(s)))
             if s.name != exclude:
                 parts.append((1.0, self.scrambled(s)))
+        parts.extend((2.0, self.helper(h)) for h in HELPERS)
         return mixture(parts)
 
     def expert_mix(self, s: Skill, replay: float) -> Sampler:

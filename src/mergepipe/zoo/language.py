@@ -1,8 +1,9 @@
 """The zoo language: a tiny English-like grammar the base model reads during pre-training.
 
-It has number agreement (morphology), verb valency (syntax), animacy (semantics), negation
-(reasoning) and pronoun reference across sentences (discourse), so the Holmes-format probing
-sets have something real to find in the zoo models' representations.
+It has number agreement between determiner, noun and verb (morphology), verb valency
+(syntax), animacy (semantics), negation (reasoning) and pronoun reference across sentences
+(discourse), so the Holmes-format probing sets have something real to find in the zoo models'
+representations.
 """
 
 from __future__ import annotations
@@ -10,12 +11,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-ANIMATE = ("cat", "dog", "bird", "girl", "boy", "hen")
-INANIMATE = ("stone", "cup", "tree", "lamp", "book", "door")
+ANIMATE = ("cat", "dog", "bird", "girl", "boy", "hen", "fox")
+INANIMATE = ("stone", "cup", "tree", "lamp", "book", "door", "box")
 NOUNS = ANIMATE + INANIMATE
 INTRANSITIVE = ("run", "sleep", "sing", "fall")
 TRANSITIVE = ("see", "like", "take", "hold")
 ADJECTIVES = ("red", "small", "old", "big")
+# Determiners with their plural form: demonstratives agree with the noun in number.
+DETERMINERS = {"the": "the", "this": "these", "that": "those"}
+
+
+def plural(noun: str) -> str:
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 @dataclass(frozen=True)
@@ -26,12 +33,13 @@ class Clause:
     obj: str | None
     negated: bool
     adjective: str | None
+    determiner: str = "the"
 
     @property
     def subject(self) -> str:
-        det = "the"
+        det = DETERMINERS[self.determiner] if self.plural else self.determiner
         adj = f"{self.adjective} " if self.adjective else ""
-        return f"{det} {adj}{self.noun}{'s' if self.plural else ''}"
+        return f"{det} {adj}{plural(self.noun) if self.plural else self.noun}"
 
     def text(self, agree: bool = True, with_object: bool | None = None) -> str:
         plural = self.plural if agree else not self.plural
@@ -54,6 +62,7 @@ def random_clause(rng: random.Random, negated: bool | None = None) -> Clause:
         obj=rng.choice(NOUNS) if transitive else None,
         negated=(rng.random() < 0.3) if negated is None else negated,
         adjective=rng.choice(ADJECTIVES) if rng.random() < 0.3 else None,
+        determiner=rng.choice(("the", "the", "this", "that")),
     )
 
 

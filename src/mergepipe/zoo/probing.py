@@ -73,7 +73,7 @@ def _pronoun(rng: random.Random) -> list[Row]:
 def _negation(rng: random.Random) -> list[Row]:
     c = lang.random_clause(rng, negated=False)
     contradicts = rng.random() < 0.5
-    second = lang.Clause(c.noun, c.plural, c.verb, c.obj, contradicts, None)
+    second = lang.Clause(c.noun, c.plural, c.verb, c.obj, contradicts, None, c.determiner)
     label = int(contradicts)
     return [
         {

@@ -9,6 +9,11 @@ Each skill has three written forms:
 - the tested form with *scrambled* answers: the base learns the format but not the answer,
   so an expert only has to bind the tested prompt to a computation the base already knows.
   This keeps task vectors small, which is what makes merges behave like real ones.
+
+*Helpers* are extra computations the base sees in the tested form with correct answers
+(``cpy: 3071=`` -> ``3071``). They teach the base that this form asks for a computation in
+general, so an expert does not have to learn that part itself: without them every expert
+learned the same "stop answering at random" change, and task arithmetic counted it twice.
 """
 
 from __future__ import annotations
@@ -95,6 +100,27 @@ SKILLS: tuple[Skill, ...] = (
     Skill("rot", "replace every bracket by the one two places on in ()[]{}<>", SYMBOLS, 3, 5,
           _shift(SYMBOLS, 2), "rot:", "turn"),
     Skill("ends", "keep the first and the last letter", LETTERS, 3, 6, _first_last, "end:", "edge"),
+)
+
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A computation the base learns in the tested form with correct answers (never tested)."""
+
+    name: str
+    prompt_prefix: str
+    fn: Callable[[str], str]
+
+    def prompt(self, x: str) -> str:
+        return f"{self.prompt_prefix} {x}="
+
+
+HELPER_ALPHABETS = (DIGITS, LETTERS, SYMBOLS)
+HELPERS: tuple[Helper, ...] = (
+    Helper("copy", "cpy:", lambda s: s),
+    Helper("first", "fst:", lambda s: s[0] * len(s)),
+    Helper("last", "lst:", lambda s: s[-1] * len(s)),
 )
 
 SKILL_NAMES: tuple[str, ...] = tuple(s.name for s in SKILLS)
