@@ -81,22 +81,31 @@ def _weighted_mean(deltas: torch.Tensor, reduce_dims: tuple[int, ...]) -> torch.
 def _bilateral(deltas: torch.Tensor, eps: float) -> torch.Tensor:
     """Closed-form minimiser for stacked matrices [K, out, in].
 
-    The gradient vanishes where ``H M + M G = C`` with ``H = sum_i tau_i tau_i^T``,
-    ``G = sum_i tau_i^T tau_i`` and ``C = 2 sum_i tau_i tau_i^T tau_i``. With
-    ``H = P diag(h) P^T`` and ``G = Q diag(g) Q^T`` this is
+    With ``A_i = tau_i^T tau_i`` and ``B_i = tau_i tau_i^T`` the objective
+    ``sum_i ||(M - tau_i) A_i||^2 + ||B_i (M - tau_i)||^2`` has its gradient vanish where
+    ``H M + M G = C``, ``H = sum_i B_i^2``, ``G = sum_i A_i^2``, ``C = 2 sum_i B_i^2 tau_i``.
+    With ``H = P diag(h) P^T`` and ``G = Q diag(g) Q^T`` this is
     ``(P^T M Q)_ab = (P^T C Q)_ab / (h_a + g_b)``. Where no expert acts on either side
     (``h_a + g_b`` below eps of the largest) every task vector is zero, and so is M.
     """
     x = deltas.double()
-    gram_in = torch.einsum("kri,krj->ij", x, x)
-    gram_out = torch.einsum("kir,kjr->ij", x, x)
-    cube = torch.zeros_like(x[0])
-    for t in x:  # sum_i tau_i tau_i^T tau_i, multiplied in the cheaper order
-        cube += t @ (t.T @ t) if t.shape[1] <= t.shape[0] else (t @ t.T) @ t
+    out_dim, in_dim = x.shape[1], x.shape[2]
+    gram_in = x.new_zeros(in_dim, in_dim)
+    gram_out = x.new_zeros(out_dim, out_dim)
+    rhs = torch.zeros_like(x[0])
+    # Every product is taken in an order that costs O(out * in * (out + in)) per expert: no
+    # out^3 or in^3 term besides the two eigendecompositions.
+    for t in x:
+        t3 = (t @ t.T) @ t if out_dim <= in_dim else t @ (t.T @ t)  # B_i tau_i = tau_i A_i
+        a2 = t.T @ t3  # A_i^2
+        b2 = t3 @ t.T  # B_i^2
+        gram_in += a2
+        gram_out += b2
+        rhs += b2 @ t if out_dim <= in_dim else t @ a2  # B_i^2 tau_i = tau_i A_i^2
     h, p = torch.linalg.eigh(gram_out)
     g, q = torch.linalg.eigh(gram_in)
     denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :]
-    rotated = p.T @ (2.0 * cube) @ q
+    rotated = p.T @ (2.0 * rhs) @ q
     solved = torch.where(denom > eps * denom.max(), rotated / denom.clamp_min(_tiny(denom)), 0.0)
     return (p @ solved @ q.T).to(deltas.dtype)
 
