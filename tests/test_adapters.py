@@ -249,10 +249,10 @@ def test_adapter_output_rank_truncation_error_is_reported_and_grows_as_rank_shri
     assert errs[2] > errs[6] > 0.01 and errs[12] < 1e-5, errs
 
 
-def test_default_rank_is_the_largest_expert_rank_and_rank_is_part_of_the_hash(adapters, tmp_path):
+def test_default_rank_is_the_sum_of_expert_ranks_and_rank_is_part_of_the_hash(adapters, tmp_path):
     path = write_config(tmp_path, adapters.base, [adapters.a, adapters.b], ["linear"], output="adapter")
     (plan,) = prepare(load_config(path))[0]
-    assert plan.adapter_output is not None and plan.adapter_output.rank == 8
+    assert plan.adapter_output is not None and plan.adapter_output.rank == 4 + 8
     other = write_config(tmp_path, adapters.base, [adapters.a, adapters.b], ["linear"], output="adapter",
                          adapter_rank=4)
     (plan4,) = prepare(load_config(other))[0]

@@ -66,7 +66,9 @@ def plan_adapter_output(
     if section.raw_config is not None:
         raise ConfigError("merge.output: adapter output needs a pipeline config (base_model, models), "
                           "not a raw mergekit config")
-    rank = section.adapter_rank or max((info.max_rank for info in adapters.values()), default=0)
+    # Default: the sum of the experts' ranks, the rank of any linear combination of their
+    # updates, so linear and task-arithmetic merges of adapters come out exact.
+    rank = section.adapter_rank or sum(info.max_rank for info in adapters.values())
     if base is not None and base.kind == "remote":  # dry run, base not fetched: plan unchecked
         return AdapterOutputSpec(rank, (), tuple(section.adapter_target_modules or ()), base.local_dir,
                                  str(base.hub_id))

@@ -119,7 +119,10 @@ class MergeSection(_Strict):
     )
     adapter_rank: int | None = Field(
         default=None,
-        description="rank of the adapter output (default: the largest rank of the adapter experts)",
+        description=(
+            "rank of the adapter output (default: the sum of the adapter experts' ranks, "
+            "exact for linear and task arithmetic)"
+        ),
     )
     adapter_target_modules: list[str] | None = Field(
         default=None,
