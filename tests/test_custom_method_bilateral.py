@@ -135,12 +135,25 @@ def test_vector_and_vocabulary_fallbacks():
     common = torch.randn(8, generator=gen)
     rows[:, 1] = common
     rows[:, 2:] = torch.randn(3, 18, 8, generator=gen)
-    merged = bilateral_delta(rows, name="model.embed_tokens.weight")
-    torch.testing.assert_close(merged[0], rows[0, 0])
-    torch.testing.assert_close(merged[1], common)
-    # mergekit's vocabulary axis wins over the name: axis 1 means rows along dim 1.
-    merged_t = bilateral_delta(rows.transpose(1, 2), name="x", vocab_axis=1)
-    torch.testing.assert_close(merged_t, merged.T)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        merged = bilateral_delta(rows, name=name)
+        torch.testing.assert_close(merged[0], rows[0, 0])
+        torch.testing.assert_close(merged[1], common)
+        # mergekit's vocabulary axis wins over the layout: axis 1 means rows along dim 1.
+        merged_t = bilateral_delta(rows.transpose(1, 2), name=name, vocab_axis=1)
+        torch.testing.assert_close(merged_t, merged.T)
+    # Output-head rows: the energy-weighted mean. Input-embedding rows: changes in orthogonal
+    # directions add up in full; a change shared by all is counted once.
+    a_row, b_row = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    b_row -= (b_row @ a_row) / (a_row @ a_row) * a_row  # orthogonal, yet every element shared
+    pair = torch.stack([a_row, b_row])[:, None, :].repeat(1, 3, 1)  # [K=2, 3 rows, 8]
+    pair[:, 2] = common
+    head = bilateral_delta(pair, name="lm_head.weight")
+    wa, wb = a_row.square().sum(), b_row.square().sum()
+    torch.testing.assert_close(head[0], (wa * a_row + wb * b_row) / (wa + wb))
+    embed = bilateral_delta(pair, name="model.embed_tokens.weight")
+    torch.testing.assert_close(embed[0], a_row + b_row)
+    torch.testing.assert_close(embed[2], common)
 
 
 def test_bfloat16_storage_computes_in_float32(family):

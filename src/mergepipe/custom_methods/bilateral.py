@@ -15,9 +15,11 @@ one expert learned alone is added in full, what several learned together is coun
 
 * Elements only one expert changed are added as they are (nothing else can interfere there),
   so experts touching disjoint parameters merge to exactly the task-arithmetic sum.
-* Vectors (norm gains, biases) and vocabulary rows (embeddings, output head: one token per
-  row) use the same objective per element / per row, where it reduces to the energy-weighted
-  mean ``sum_i |r_i|^2 r_i / sum_i |r_i|^2``; one token's update never leaks into another.
+* Vectors (norm gains, biases) and output-head rows (one token per row) use the same
+  objective per element / per row, where it reduces to the energy-weighted mean
+  ``sum_i |r_i|^2 r_i / sum_i |r_i|^2``. Input-embedding rows add every expert's change to
+  the token, divided by how many experts changed it in the same direction. One token's
+  update never leaks into another.
 * Inputs are upcast to at least float32, the spectral step runs in float64 (Gram matrices
   square the condition number), on whatever device mergekit hands the tensors to.
 
@@ -50,6 +52,8 @@ CATALOGUE_INFO = {
 # Tensors with one row per vocabulary entry, for callers that pass names but no vocabulary
 # axis (mergekit's merge_state_dicts); run_merge passes the axis itself.
 _VOCAB_NAME = re.compile(r"(embed_tokens|lm_head|wte|word_embeddings|embed_in|embed_out)(\.weight)?$")
+# Input embeddings (a token's vector, read by every layer); output heads are the other kind.
+_INPUT_EMBEDDING = re.compile(r"(embed_tokens|wte|word_embeddings|embed_in)(\.weight)?$")
 
 
 def vocabulary_axis(name: str | None, axis: int | None, ndim: int) -> int | None:
@@ -110,14 +114,29 @@ def _bilateral(deltas: torch.Tensor, eps: float) -> torch.Tensor:
     return (p @ solved @ q.T).to(deltas.dtype)
 
 
-def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float) -> torch.Tensor:
+def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
+    """Per row of [K, rows, width]: sum_i r_i / m_i with m_i = sum_j |cos(r_i, r_j)|^4.
+
+    ``m_i`` counts the experts whose change to this token points the same way as expert i's:
+    1 when no other change is aligned with it, K when all are identical. The fourth power
+    makes only near-parallel changes count as shared (|cos| 0.4 adds 0.03, 0.9 adds 0.66).
+    """
+    x = rows.double().transpose(0, 1)  # [rows, K, width]
+    norms = x.norm(dim=2, keepdim=True)
+    unit = x / norms.clamp_min(_tiny(norms))
+    multiplicity = (unit @ unit.transpose(1, 2)).abs().pow(4).sum(2)  # [rows, K]
+    weight = torch.where(norms.squeeze(-1) > 0, 1.0 / multiplicity.clamp_min(_tiny(multiplicity)), 0.0)
+    return (weight.unsqueeze(-1) * x).sum(1).to(rows.dtype)
+
+
+def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float, input_embedding: bool) -> torch.Tensor:
     if deltas.dim() <= 2:  # scalars and vectors: per element
         return _weighted_mean(deltas, ())
     if axis is not None:  # vocabulary rows: per row
         moved = deltas.movedim(axis + 1, 1)
         rows = moved.reshape(moved.shape[0], moved.shape[1], -1)
-        merged = _weighted_mean(rows, (2,)).reshape(moved.shape[1:])
-        return merged.movedim(0, axis)
+        merged = _aligned_sum(rows) if input_embedding else _weighted_mean(rows, (2,))
+        return merged.reshape(moved.shape[1:]).movedim(0, axis)
     k = deltas.shape[0]
     matrices = deltas.reshape(k, deltas.shape[1], -1)  # conv-like weights: flatten the fan-in
     return _bilateral(matrices, eps).reshape(deltas.shape[1:])
@@ -134,16 +153,17 @@ def bilateral_delta(
     if deltas.shape[0] == 1:
         return deltas[0].clone()
     axis = vocabulary_axis(name, vocab_axis, deltas.dim() - 1)
+    input_embedding = axis is not None and bool(name and _INPUT_EMBEDDING.search(name))
     # Elements only one expert touched are added as they are; the rest is solved jointly.
     # For dense fine-tuning no element is exclusive and this split changes nothing.
     touched = (deltas != 0).sum(0)
     exclusive = touched == 1
     if not bool(exclusive.any()):
-        return _merge_shared(deltas, axis, eps)
+        return _merge_shared(deltas, axis, eps, input_embedding)
     alone = (deltas * exclusive).sum(0)
     if not bool((touched > 1).any()):
         return alone
-    return alone + _merge_shared(deltas * ~exclusive, axis, eps)
+    return alone + _merge_shared(deltas * ~exclusive, axis, eps, input_embedding)
 
 
 @merge_method(
