@@ -9,6 +9,7 @@ re-run <= 30 s, on a 2-core CPU machine.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -16,6 +17,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from mergepipe.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +31,7 @@ def timed_run(work: Path) -> tuple[float, int, str]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     subprocess.run([str(ROOT / "environments/main/bin/mergepipe"), "zoo", "build"], check=True,
                    stdout=subprocess.DEVNULL)
     work = Path(tempfile.mkdtemp(prefix="demo-run-"))
@@ -42,8 +46,7 @@ def main() -> None:
                   "load_average_1min_at_end": round(load, 2), "cpu_count": os.cpu_count()}
         print(json.dumps(result, indent=2))
         out = ROOT / "benchmarks" / "results" / "demo_run.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)  # atomic: never a half-written result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,7 +14,6 @@ tiny random model and two local tasks.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mergepipe.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "environments" / "main" / "bin"
@@ -107,8 +108,7 @@ def main() -> None:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = REPO / "benchmarks" / "results" / "eval_overhead.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)  # atomic: never a half-written result
     print(f"median lm_eval CLI {med['lm_eval_cli']:.2f} s, eval-harness.sh {med['eval_harness_sh']:.2f} s, "
           f"ratio {ratio:.2f} (goal <= 0.7) -> {out}")
 

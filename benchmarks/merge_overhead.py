@@ -28,6 +28,7 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from mergepipe.atomic import write_json
 from mergepipe.zoo.tokenizer import VOCAB_SIZE, build_byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +108,7 @@ def main() -> None:
         }
         print(json.dumps(result, indent=2))
         out = ROOT / "benchmarks" / "results" / "merge_overhead.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)  # atomic: never a half-written result
         print(f"written to {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,7 +12,6 @@ tests/results_factory.py (real lm-eval runs on tiny models). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -21,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mergepipe.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 20.0
@@ -79,8 +80,7 @@ def main() -> int:
           f"(CPU {result['cpu_seconds']} s, load average {os.getloadavg()[0]:.1f}) "
           f"(goal <= {GOAL_SECONDS:.0f} s): {'PASS' if result['passed'] else 'FAIL'}")
     dest = ROOT / "benchmarks" / "results" / "organize_speed.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(dest, result)  # atomic: never a half-written result
     return 0 if result["passed"] else 1
 
 

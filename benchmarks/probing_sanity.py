@@ -15,7 +15,6 @@ Writes ``benchmarks/results/probing_sanity.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ import pandas as pd
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from mergepipe.atomic import write_json
 from mergepipe.evaluate.holmes_aggregate import (
     competence_scores,
     dataset_scores,
@@ -140,8 +140,7 @@ def main() -> int:
     for name, ok in checks.items():
         print(f"{name}: {'OK' if ok else 'MISSED'}")
     out = ROOT / "benchmarks" / "results" / "probing_sanity.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)  # atomic: never a half-written result
     print(f"wrote {out}")
     return 0 if all(checks.values()) else 1
 

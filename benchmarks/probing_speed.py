@@ -10,7 +10,6 @@ in total. Writes ``benchmarks/results/probing_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -21,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as 'mergepipe probe' does
 
 import torch
 
+from mergepipe.atomic import write_json
 from mergepipe.evaluate.probing import run_probing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +61,7 @@ def main() -> int:
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
     }
     out = ROOT / "benchmarks" / "results" / "probing_speed.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)  # atomic: never a half-written result
     print(f"wrote {out}")
     return 0 if ok else 1
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mergepipe.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -69,8 +70,7 @@ def main() -> None:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = REPO / "benchmarks" / "results" / "scheduler_efficiency.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)  # atomic: never a half-written result
     print(f"makespan {summary.wall_seconds:.2f} s, ideal {ideal:.2f} s, ratio {ratio:.3f} (goal <= 1.15) -> {out}")
 
 
