@@ -9,7 +9,7 @@ projection), for each method of the demo pipeline (default parameters):
    truncated SVD, loaded with ``PeftModel.from_pretrained`` over the base. At full rank
    (>= the hidden size) its logits on the zoo task prompts are compared with the full merge's;
 3. every adapter output, the full merge and the two adapter experts are evaluated with lm-eval
-   (through ``mergepipe.evaluate.harness``: adapters via lm-eval's ``peft=``) on the skills'
+   (through ``mergepipe.evaluate.harness.run``: adapters via lm-eval's ``peft=``) on the skills'
    tasks: ``zoo_<skill>`` (greedy generation, exact match) and ``zoo_<skill>_mc`` (multiple
    choice, acc). Accuracy kept = adapter accuracy / full-merge accuracy, averaged (and min)
    over the tasks the full merge scores >= 10% on; the largest absolute drop over all tasks
@@ -37,11 +37,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mergepipe.atomic import write_json  # noqa: E402
-from mergepipe.config import load_config  # noqa: E402
-from mergepipe.evaluate.harness import HarnessSettings, run_harness  # noqa: E402
-from mergepipe.merge import prepare, run_merges  # noqa: E402
-from mergepipe.paths import cache_dir  # noqa: E402
+from mergepipe.config import HarnessSettings, load_config  # noqa: E402
+from mergepipe.core.atomic import write_json  # noqa: E402
+from mergepipe.core.paths import cache_dir  # noqa: E402
+from mergepipe.evaluate.harness.run import run_harness  # noqa: E402
+from mergepipe.merge.run import prepare, run_merges  # noqa: E402
 
 # The demo pipeline's methods (pipeline.yaml), with the catalogue's default parameters.
 METHODS = ("linear", "slerp", "ties", "dare_ties", "task_arithmetic")

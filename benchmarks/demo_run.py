@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mergepipe.atomic import write_json
+from mergepipe.core.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mergepipe.atomic import write_json
+from mergepipe.core.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "environments" / "main" / "bin"
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the tests' helpers
 
 
 def setup(work: Path, use_zoo: bool) -> tuple[str, str, list[str]]:
@@ -41,8 +41,8 @@ def setup(work: Path, use_zoo: bool) -> tuple[str, str, list[str]]:
         include = str(zoo.task_include_path())
         tasks = sorted(p.stem for p in Path(include).glob("zoo_*.yaml"))[:2]
         return model, ",".join(tasks), [include]
-    from test_harness import write_tasks
-    from tiny_models import make_random
+    from tests.helpers.lm_eval_tasks import write_tasks
+    from tests.helpers.tiny_models import make_random
 
     model = make_random(work / "model", seed=0)
     tasks = write_tasks(work / "tasks")

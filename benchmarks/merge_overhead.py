@@ -28,7 +28,7 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mergepipe.atomic import write_json
+from mergepipe.core.atomic import write_json
 from mergepipe.zoo.tokenizer import VOCAB_SIZE, build_byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

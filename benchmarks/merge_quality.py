@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from mergekit.merge_methods import merge_state_dicts  # noqa: E402
 
-import mergepipe.custom_methods  # noqa: E402,F401  (registers bilateral_consensus)
-from mergepipe.atomic import write_json, write_text  # noqa: E402
-from mergepipe.paths import cache_dir  # noqa: E402
+import mergepipe.merge.methods  # noqa: E402,F401  (registers bilateral_consensus)
+from mergepipe.core.atomic import write_json, write_text  # noqa: E402
+from mergepipe.core.paths import cache_dir  # noqa: E402
 from mergepipe.zoo.build import part_seed  # noqa: E402
 from mergepipe.zoo.corpus import Sampler, Streams, mixture, test_items  # noqa: E402
 from mergepipe.zoo.recipe import RECIPE  # noqa: E402

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mergepipe.atomic import write_json
+from mergepipe.core.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 20.0
@@ -37,8 +37,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.harness_dir is None or args.holmes_dir is None:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from results_factory import build_demo_results
+            sys.path.insert(0, str(ROOT))  # the tests' helpers
+            from tests.helpers.results_factory import build_demo_results
 
             print("making tiny demo results (real lm-eval runs) ...", flush=True)
             demo = build_demo_results(Path(tmp) / "demo", ROOT.parent / "shared" / "fixtures")

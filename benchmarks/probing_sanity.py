@@ -26,17 +26,17 @@ import pandas as pd
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from mergepipe.atomic import write_json
-from mergepipe.evaluate.holmes_aggregate import (
+from mergepipe.core.atomic import write_json
+from mergepipe.core.models import resolve
+from mergepipe.evaluate.holmes.probe import run_probing
+from mergepipe.evaluate.holmes.results_file import read_results_csv
+from mergepipe.results.holmes_scoring import (
     competence_scores,
     dataset_scores,
     find_mapping,
     load_mapping,
-    read_results_csv,
     selectivity,
 )
-from mergepipe.evaluate.probing import run_probing
-from mergepipe.models import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "holmes" / "flash-holmes"
@@ -108,7 +108,7 @@ def main() -> int:
               f"(control {fixture['random_init']['mean_control']:.3f}); seed std of the means "
               f"{fixture['trained']['seed_std_of_mean']:.3f} / {fixture['random_init']['seed_std_of_mean']:.3f}")
 
-        mapping_csv = args.mapping or find_mapping(args.zoo_data)
+        mapping_csv = args.mapping or find_mapping([args.zoo_data])
         # The random twin too: it shows how much of a probe's score is surface form (lexical
         # cues a random encoder passes through) rather than learned knowledge.
         for label, ref in (("trained", args.model), ("random_init", str(twin))):

@@ -20,8 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as 'mergepipe probe' does
 
 import torch
 
-from mergepipe.atomic import write_json
-from mergepipe.evaluate.probing import run_probing
+from mergepipe.core.atomic import write_json
+from mergepipe.evaluate.holmes.probe import run_probing
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 120.0

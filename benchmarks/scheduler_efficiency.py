@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mergepipe.atomic import write_json
+from mergepipe.core.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the tests' helpers
 
 
 def main() -> None:
@@ -33,12 +33,11 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    from test_harness import write_tasks
-    from tiny_models import make_random
-
     from mergepipe.config import build_config
+    from mergepipe.evaluate.scheduler import Progress
     from mergepipe.evaluate.stage import evaluate_config
-    from mergepipe.scheduler import Progress
+    from tests.helpers.lm_eval_tasks import write_tasks
+    from tests.helpers.tiny_models import make_random
 
     with tempfile.TemporaryDirectory(prefix="mergepipe-bench-") as tmp:
         root = Path(tmp)

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mergepipe.atomic import write_json  # noqa: E402
+from mergepipe.core.atomic import write_json  # noqa: E402
 
 CHILD = """
 import json, sys

@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mergepipe.atomic import write_json  # noqa: E402
+from mergepipe.core.atomic import write_json  # noqa: E402
 from mergepipe.zoo import ensure_built  # noqa: E402
 from mergepipe.zoo.store import Manifest  # noqa: E402
 

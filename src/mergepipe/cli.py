@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "mergepipe.commands.merge",
     "mergepipe.commands.evaluate",
     "mergepipe.commands.eval_harness",
+    "mergepipe.commands.job",
     "mergepipe.commands.methods",
     "mergepipe.commands.probe",
     "mergepipe.commands.push",

@@ -1,8 +1,9 @@
-"""The whole pipeline in one call: validate -> merge -> publish -> evaluate -> organize -> report.
+"""The whole pipeline in one call: prepare -> validate -> merge -> publish -> evaluate -> organize -> report.
 
 Every stage reads the previous stage's files on disk and skips finished work, so an
 interrupted run resumes where it stopped. The whole config (every section, the Hub token when
-publishing, models, disk space) is validated before the first merge. A stage's failures are
+publishing, models, disk space) is validated before the first merge; what a plugin must build
+first (the demo zoo's models) runs as a stage of its own before that. A stage's failures are
 collected and reported at the end (non-zero exit), and later stages still run on whatever
 earlier stages did produce.
 """
@@ -14,14 +15,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from mergepipe import __version__, atomic
-from mergepipe.config import PipelineConfig
+from mergepipe import __version__
+from mergepipe.config import HubSection, PipelineConfig
+from mergepipe.core.plugins import registry
+from mergepipe.core.records import Failure, RunSummary, StageSummary
+from mergepipe.core.usage import ResourceMonitor, StageUsage, human_bytes
 from mergepipe.errors import MergepipeError
-from mergepipe.resources import ResourceMonitor, StageUsage, human_bytes
-
-RUN_SUMMARY = "run_summary.json"
+from mergepipe.merge.plan import PlannedMerge
 
 
 @dataclass
@@ -29,17 +30,15 @@ class Validated:
     """Everything checked before work starts."""
 
     config: PipelineConfig
-    plans: list[Any]
+    plans: list[PlannedMerge]
     bytes_per_merge: int
-    evaluate: Any
-    holmes: Any
-    hub: Any
+    hub: HubSection
 
 
 @dataclass
 class RunReport:
     stages: list[StageUsage] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -47,28 +46,20 @@ class RunReport:
 
 
 def validate(config: PipelineConfig, offline_ok: bool = False) -> Validated:
-    """Validate every section and pre-flight the merges; raises MergepipeError on bad input."""
-    from mergepipe.evaluate.holmes_settings import parse_holmes_section
-    from mergepipe.evaluate.settings import parse_evaluate_section
-    from mergepipe.hub_settings import validate_hub_settings
-    from mergepipe.merge import prepare
-    from mergepipe.merge_plan import check_methods, merge_names
+    """Pre-flight every stage (the config itself is already validated); raises MergepipeError."""
+    from mergepipe.merge.run import prepare
+    from mergepipe.publish.settings import check_publishing
 
-    check_methods(config)
-    evaluate = parse_evaluate_section(config.evaluate)
-    holmes = parse_holmes_section(config.holmes)
-    names = [config.merge.methods[0].label or config.run] if config.merge.raw_config is not None else \
-        merge_names(config.merge.methods)
-    hub = validate_hub_settings(config, names=names)
+    hub = check_publishing(config)
     plans, per_merge = prepare(config, offline_ok=offline_ok)
-    return Validated(config, plans, per_merge, evaluate, holmes, hub)
+    return Validated(config, plans, per_merge, hub)
 
 
-def describe_plan(v: Validated, jobs: int | None = None) -> list[str]:
+def describe_plan(v: Validated) -> list[str]:
     """What a run would do: merges, evaluation jobs per slot, expected disk use."""
-    from mergepipe.scheduler import make_slots
+    from mergepipe.evaluate.scheduler import make_slots
 
-    config, ev = v.config, v.evaluate
+    config, ev = v.config, v.config.evaluate
     todo = [p for p in v.plans if not p.is_complete()]
     size = (f"about {human_bytes(v.bytes_per_merge)} each on disk "
             f"({human_bytes(v.bytes_per_merge * len(todo))} new in {config.outputs.merged_models})"
@@ -86,7 +77,7 @@ def describe_plan(v: Validated, jobs: int | None = None) -> list[str]:
     n_models = ("base" in ev.roles and config.base_model is not None) + \
         ("experts" in ev.roles) * len(config.models) + ("merged" in ev.roles) * len(v.plans)
     suites = (list(ev.suites) if ev.do_harness else []) + (["holmes"] if ev.do_holmes else [])
-    slots = make_slots(ev.device, jobs or ev.jobs, ev.gpus)
+    slots = make_slots(ev.device, ev.jobs, ev.gpus)
     n_jobs = n_models * len(suites)
     lines.append(f"  evaluate {n_models} model(s) x {len(suites)} suite(s) ({', '.join(suites) or 'none'}) = "
                  f"{n_jobs} job(s) on {len(slots)} slot(s) ({', '.join(s.name for s in slots)}), "
@@ -104,90 +95,91 @@ def _stage(report: RunReport, name: str, work: Callable[[StageUsage], None],
             work(usage)
     except MergepipeError as exc:  # StageFailed included
         usage.status, usage.detail = "failed", str(exc)
-        report.failures.append({"stage": name, "job": "", "message": str(exc), "log": ""})
+        report.failures.append(Failure(stage=name, message=str(exc)))
     report.stages.append(usage)
     say(f"   {name}: {usage.status} in {usage.wall_seconds:.1f}s, peak RSS {human_bytes(usage.peak_rss_bytes)}"
         + (f", peak GPU {human_bytes(usage.peak_gpu_bytes)}" if usage.peak_gpu_bytes is not None else ""))
     return usage
 
 
+def prepare_plugins(config: PipelineConfig, report: RunReport, say: Callable[[str], None]) -> None:
+    """Run what installed plugins must build for this config (the demo zoo), each as its own stage."""
+    for prep in registry().preparations:
+        if not prep.needed(config):
+            continue
+        stage = _stage(report, prep.name, lambda _usage, prep=prep: prep.run(), say)
+        if stage.status == "failed":  # nothing later can work without it
+            raise MergepipeError(f"{prep.name}: {stage.detail}")
+
+
 def run_pipeline(
     config: PipelineConfig,
     *,
     config_file: Path | None = None,
-    jobs: int | None = None,
     retry_failed: bool = False,
     say: Callable[[str], None] = print,
 ) -> RunReport:
     """Run every stage of ``config``; raises MergepipeError only for invalid input."""
     started = dt.datetime.now(dt.timezone.utc)
     report = RunReport()
+    prepare_plugins(config, report, say)
     usage = StageUsage("validate")
     with ResourceMonitor(usage):
         v = validate(config)
     report.stages.append(usage)
     say(f"config valid: {len(v.plans)} merge(s); checked in {usage.wall_seconds:.1f}s")
+    outputs = config.outputs
 
     def merge(stage: StageUsage) -> None:
-        from mergepipe.merge import run_merges
+        from mergepipe.merge.run import run_merges
 
         outcomes = run_merges(config, v.plans, report=lambda m: say(f"   {m}"))
         failed = [o for o in outcomes if o.status == "failed"]
         stage.extra = {"jobs": len(outcomes), "failed_jobs": len(failed)}
-        for o in failed:
-            report.failures.append({"stage": "merge", "job": o.name, "message": o.error or "", "log": ""})
+        report.failures += [Failure(stage="merge", job=o.name, message=o.error or "") for o in failed]
         if failed:
             stage.status = "partial" if len(failed) < len(outcomes) else "failed"
 
     def publish(stage: StageUsage, final: bool = False) -> None:
-        from mergepipe.hub import push_merged_model
-        from mergepipe.model_card import eval_table_from_organized
+        from mergepipe.publish.push import LOG_FILE, publish_models
 
         # Local copies are deleted (when asked) only at the final push, after evaluation.
         settings = v.hub if final else v.hub.model_copy(update={"delete_local_after_push": False})
-        pushed = 0
-        for plan in v.plans:
-            if not plan.is_complete():
-                continue
-            table = eval_table_from_organized(config.outputs.organized_results, config.run, plan.name) if final \
-                else None
-            try:
-                result = push_merged_model(plan.output_dir, settings, run=config.run, results_table=table,
-                                           merge_config_dir=config.outputs.merge_config / config.run)
-                say(f"   pushed {plan.name} -> {result.url}")
-                pushed += 1
-            except MergepipeError as exc:
-                report.failures.append({"stage": stage.name, "job": plan.name, "message": str(exc), "log": ""})
-                stage.status = "failed"
-        stage.extra = {"jobs": pushed}
+        done = [(p.name, p.output_dir) for p in v.plans if p.is_complete()]
+        outcomes = publish_models(done, settings, run=config.run, merge_config_dir=outputs.merge_config / config.run,
+                                  organized_dir=outputs.organized_results if final else None,
+                                  log_file=outputs.logs / config.run / LOG_FILE, say=lambda m: say(f"   {m}"))
+        failed = [o for o in outcomes if not o.ok]
+        report.failures += [Failure(stage=stage.name, job=o.name, message=str(o.error)) for o in failed]
+        stage.extra = {"jobs": len(outcomes) - len(failed)}
+        if failed:
+            stage.status = "failed"
 
     def evaluate(stage: StageUsage) -> None:
         from mergepipe.evaluate.stage import evaluate_config
 
-        summary = evaluate_config(config, jobs=jobs, retry_failed=retry_failed, raise_on_failure=False)
+        summary = evaluate_config(config, retry_failed=retry_failed, raise_on_failure=False)
         stage.extra = {"jobs": len(summary.results), "failed_jobs": len(summary.failed)}
-        for res in summary.failed:
-            report.failures.append({"stage": "evaluate", "job": res.key, "message": res.reason or "failed",
-                                    "log": str(res.log or "")})
+        report.failures += [Failure(stage="evaluate", job=r.key, message=r.reason or "failed", log=str(r.log or ""))
+                            for r in summary.failed]
         if summary.failed:
             stage.status = "partial"
 
     def organize(stage: StageUsage) -> None:
-        from mergepipe.organize import organize as organize_results
-        from mergepipe.plots import make_plots
+        from mergepipe.results.plots import make_plots
+        from mergepipe.results.tables import organize as organize_results
 
-        out = config.outputs.organized_results
-        data_dir = getattr(v.holmes, "data_dir", None)
-        organize_results(config.outputs.harness_results, config.outputs.holmes_results, out,
-                         mapping_csv=getattr(v.holmes, "mapping_csv", None),
-                         mapping_search=[Path(data_dir)] if data_dir else None)
-        make_plots(out)
+        holmes = config.holmes
+        organize_results(outputs.harness_results, outputs.holmes_results, outputs.organized_results,
+                         mapping_csv=holmes.mapping_csv,
+                         mapping_search=[holmes.data_dir] if holmes.data_dir else None)
+        make_plots(outputs.organized_results)
 
     def write_report(stage: StageUsage) -> None:
-        from mergepipe.report import write_report as render
+        from mergepipe.results.report import write_report as render
 
-        write_summary(config, config_file, report, started)
-        render(config.outputs.organized_results, config_file)
+        run_summary(config, config_file, report, started).write(outputs.organized_results)
+        render(outputs.organized_results, config_file)
 
     _stage(report, "merge", merge, say)
     if v.hub.push:
@@ -198,27 +190,24 @@ def run_pipeline(
     if v.hub.push:
         # The cards now carry the evaluation table; local copies may be deleted after this.
         _stage(report, "republish", lambda s: publish(s, final=True), say)
-    write_summary(config, config_file, report, started)
+    run_summary(config, config_file, report, started).write(outputs.organized_results)
     return report
 
 
-def write_summary(config: PipelineConfig, config_file: Path | None, report: RunReport,
-                  started: dt.datetime) -> Path:
-    path = config.outputs.organized_results / RUN_SUMMARY
-    data = {
-        "run": config.run,
-        "config_file": str(config_file) if config_file else None,
-        "config_hash": config.stable_hash(),
-        "config": config.model_dump(mode="json"),
-        "mergepipe_version": __version__,
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "stages": [{**s.as_dict(), "seconds": round(s.wall_seconds, 2)} for s in report.stages],
-        "total_seconds": round(sum(s.wall_seconds for s in report.stages), 2),
-        "failures": report.failures,
-    }
-    atomic.write_json(path, data)
-    return path
+def run_summary(config: PipelineConfig, config_file: Path | None, report: RunReport,
+                started: dt.datetime) -> RunSummary:
+    return RunSummary(
+        run=config.run,
+        config_file=str(config_file) if config_file else None,
+        config_hash=config.stable_hash(),
+        config=config.model_dump(mode="json"),
+        mergepipe_version=__version__,
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        stages=[StageSummary(**{**s.as_dict(), "seconds": round(s.wall_seconds, 2)}) for s in report.stages],
+        total_seconds=round(sum(s.wall_seconds for s in report.stages), 2),
+        failures=report.failures,
+    )
 
 
 def budget_table(report: RunReport) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from mergepipe.config import DEFAULT_CONFIG, PipelineConfig, apply_overrides, build_config, env_overrides
 from mergepipe.config import load_config as _load
-from mergepipe.paths import project_root
+from mergepipe.core.paths import project_root
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +54,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Load ``--config`` with overrides; a missing default file is fine when flags say enough."""
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load ``--config`` with overrides (``extra``: more dotted keys, None values ignored); a missing
+    default file is fine when flags say enough."""
     path = Path(args.config)
-    overrides = overrides_from_args(args)
+    overrides = {**overrides_from_args(args), **{k: v for k, v in (extra or {}).items() if v is not None}}
     if not path.exists() and args.config == DEFAULT_CONFIG:
         if overrides:
             return build_config(apply_overrides({}, overrides), "flags").resolve_paths(Path.cwd())

@@ -6,57 +6,18 @@ import argparse
 import os
 from pathlib import Path
 
-
-def _batch_size(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value!r}")
-    return number
+from mergepipe.config import HarnessSettings
+from mergepipe.config.evaluate import HARNESS_FIELDS
+from mergepipe.config.options import add_model_options, given, validate_with_flags
 
 
 def add_harness_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared with ``mergepipe evaluate``; there, an option not given keeps the config's value."""
-    parser.add_argument("--batch-size", type=_batch_size, default=None,
-                        help="lm-eval batch size: a positive integer or 'auto' (default 1; evaluate: the config's)")
-    parser.add_argument("--num-fewshot", type=_non_negative_int, default=None,
-                        help="few-shot examples per prompt (default: each task's own)")
-    parser.add_argument("--apply-chat-template", action=argparse.BooleanOptionalAction, default=None,
-                        help="format prompts with the model's chat template (default off)")
-    parser.add_argument("--limit", type=_positive_float, default=None,
-                        help="only the first L documents per task (L >= 1) or a fraction (L < 1)")
-    parser.add_argument("--backend", choices=["hf", "vllm"], default=None, help="lm-eval backend (default hf)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default=None,
-                        help="dtype to load the model in (default auto = as stored)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="one seed for lm-eval's python, numpy, torch and few-shot samplers "
-                             "(default: lm-eval's 0,1234,1234,1234 here; the pipeline seed in 'evaluate')")
-    parser.add_argument("--include-path", action="append", default=None, metavar="DIR",
-                        help="extra folder of lm-eval task YAMLs (repeatable)")
+    """The score-affecting settings, generated from :class:`HarnessSettings` (also used by ``evaluate``,
+    where a flag left out keeps the config's value)."""
+    group = parser.add_argument_group("lm-eval settings (recorded with every result)")
+    add_model_options(group, HarnessSettings, HARNESS_FIELDS)
+    group.add_argument("--include-path", action="append", default=None, metavar="DIR", type=Path,
+                       help="extra folder of lm-eval task YAMLs (repeatable)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,33 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergepipe.evaluate.harness import HarnessSettings, parse_tasks, run_harness
-    from mergepipe.scheduler import check_gpu_indices
+    from mergepipe.core.devices import check_gpu_indices
+    from mergepipe.evaluate.harness.run import run_harness
+    from mergepipe.evaluate.harness.tasks import parse_tasks
 
+    settings = validate_with_flags(HarnessSettings, {}, given(args, HARNESS_FIELDS))
     if args.gpu is not None:
         check_gpu_indices([args.gpu])
         # Set before torch initialises CUDA: the job then sees that one GPU as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
-    settings = HarnessSettings(
-        batch_size=args.batch_size if args.batch_size is not None else 1,
-        num_fewshot=args.num_fewshot,
-        apply_chat_template=bool(args.apply_chat_template),
-        limit=args.limit,
-        backend=args.backend or "hf",
-        dtype=args.dtype or "auto",
-        seed=args.seed,
-    )
-    run_harness(
-        args.model,
-        parse_tasks(args.tasks),
-        results_dir=args.results_dir,
-        suite=args.suite,
-        settings=settings,
-        include_paths=args.include_path,
-        device=args.device,
-        role=args.role,
-        run=args.run,
-        force=args.force,
-        revision=args.revision,
-    )
+    run_harness(args.model, parse_tasks(args.tasks), results_dir=args.results_dir, suite=args.suite,
+                settings=settings, include_paths=args.include_path, device=args.device, role=args.role,
+                run=args.run, force=args.force, revision=args.revision)
     return 0

@@ -8,20 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mergepipe.commands.eval_harness import add_harness_options
+from mergepipe.config import DEFAULT_CONFIG, EvaluateSection
+from mergepipe.config.evaluate import HARNESS_FIELDS
+from mergepipe.config.options import add_model_options, given
 
-
-def _gpu_list(value: str) -> list[int]:
-    try:
-        return [int(v) for v in value.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1,3, got {value!r}") from None
-
-
-def _jobs(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {value!r}") from None
+# The evaluate-section fields that also are flags (besides the lm-eval settings).
+STAGE_FIELDS = ("roles", "jobs", "gpus", "device")
+SWITCHES = ("do_harness", "do_holmes")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,71 +25,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Evaluate the config's models (base / experts / merged, per evaluate.roles) or --models on "
             "the configured suites. Each model x suite is one job in its own subprocess with its own log "
             "(logs/<run>/evaluate/<model-id>__<suite>.log), one job per GPU at a time (or --jobs CPU "
-            "slots). Finished jobs are skipped; a failed job does not stop the others."
+            "slots). Finished jobs are skipped; a failed job does not stop the others. A flag left out "
+            "keeps the config's value."
         ),
     )
-    parser.add_argument("--config", default="pipeline.yaml", metavar="FILE",
+    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
                         help="pipeline config (default: %(default)s; optional when --models is given)")
     parser.add_argument("--models", nargs="+", metavar="MODEL",
                         help="evaluate these models (dir, Hub id, zoo://NAME, adapter) instead of the config's")
     parser.add_argument("--suites", nargs="+", metavar="SUITE",
                         help="only these suites (names from evaluate.suites, or 'holmes')")
-    parser.add_argument("--roles", nargs="+", choices=["base", "experts", "merged"], default=None,
-                        help="which of the config's models to evaluate (default: evaluate.roles)")
-    parser.add_argument("--jobs", type=_jobs, default=None,
-                        help="parallel jobs when running on CPU (default: evaluate.jobs)")
-    parser.add_argument("--gpus", type=_gpu_list, default=None, metavar="0,1,...",
-                        help="GPU indices to use as slots (default: every visible GPU)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                        help="auto = GPU slots when a GPU is visible, else CPU slots")
     parser.add_argument("--retry-failed", action="store_true",
                         help="run only the jobs that failed (or were interrupted) in the previous run")
-    parser.add_argument("--do-harness", dest="do_harness", action="store_true", default=None,
-                        help="run the lm-eval harness suites (default: evaluate.do_harness)")
-    parser.add_argument("--no-harness", dest="do_harness", action="store_false", help="skip the harness suites")
-    parser.add_argument("--do-holmes", dest="do_holmes", action="store_true", default=None,
-                        help="run Holmes probing (default: evaluate.do_holmes)")
-    parser.add_argument("--no-holmes", dest="do_holmes", action="store_false", help="skip Holmes probing")
     parser.add_argument("--run", default=None, help="run name (default: the config's)")
+    stage = parser.add_argument_group("stage settings (evaluate section)")
+    add_model_options(stage, EvaluateSection, STAGE_FIELDS)
+    for field, word in (("do_harness", "harness"), ("do_holmes", "holmes")):
+        stage.add_argument(f"--do-{word}", dest=field, action="store_true", default=None,
+                           help=EvaluateSection.model_fields[field].description)
+        stage.add_argument(f"--no-{word}", dest=field, action="store_false", help=f"skip the {word} suites")
     add_harness_options(parser)
     parser.set_defaults(func=run)
 
 
-def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "batch_size": args.batch_size, "num_fewshot": args.num_fewshot,
-        "apply_chat_template": args.apply_chat_template, "limit": args.limit, "backend": args.backend,
-        "dtype": args.dtype, "seed": args.seed, "roles": args.roles,
-    }
+def section_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``evaluate:`` fields given as flags."""
+    out = given(args, (*STAGE_FIELDS, *SWITCHES, *HARNESS_FIELDS))
     if args.include_path:
-        out["include_paths"] = list(args.include_path)
-    return {k: v for k, v in out.items() if v is not None}
+        out["include_paths"] = [str(p) for p in args.include_path]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergepipe.config import load_config
+    from mergepipe.config import build_config, load_config
+    from mergepipe.config.options import validate_with_flags
     from mergepipe.errors import ConfigError
-    from mergepipe.evaluate.stage import config_for_models, evaluate_config
+    from mergepipe.evaluate.stage import evaluate_config
 
     path = Path(args.config)
     if path.is_file():
         config = load_config(path, {"run": args.run} if args.run else None)
-    elif args.models and args.config == "pipeline.yaml":
-        config = config_for_models(args.models)
+    elif args.models and args.config == DEFAULT_CONFIG:
+        data: dict[str, Any] = {"models": list(args.models)}
         if args.run:
-            config = config.model_copy(update={"run": args.run})
+            data["run"] = args.run
+        config = build_config(data, "flags").resolve_paths(Path.cwd())
     else:
         raise ConfigError(f"config file not found: {path}")
-    evaluate_config(
-        config,
-        models=args.models,
-        suites=args.suites,
-        do_harness=args.do_harness,
-        do_holmes=args.do_holmes,
-        jobs=args.jobs,
-        device=args.device,
-        gpus=args.gpus,
-        retry_failed=args.retry_failed,
-        overrides=overrides_from(args),
-    )
+    flags = section_overrides(args)
+    section = validate_with_flags(EvaluateSection, config.evaluate.model_dump(mode="json"), flags,
+                                  str(path), "evaluate.")
+    section = config.model_copy(update={"evaluate": section}).resolve_paths(Path.cwd()).evaluate
+    evaluate_config(config, models=args.models, suites=args.suites, section=section,
+                    retry_failed=args.retry_failed)
     return 0

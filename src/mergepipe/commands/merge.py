@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergepipe.merge import prepare, run_merges
+    from mergepipe.merge.run import prepare, run_merges
 
     config = config_from_args(args)
     if args.device:

@@ -23,7 +23,7 @@ def _fmt(value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergepipe.methods import catalogue, get_method
+    from mergepipe.merge.catalogue import catalogue, get_method
 
     methods = [get_method(args.name)] if args.name else list(catalogue().values())
     if args.json:

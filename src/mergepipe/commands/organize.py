@@ -6,12 +6,8 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mergepipe.config import DEFAULT_CONFIG
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -59,23 +55,15 @@ def result_dirs(args: argparse.Namespace) -> ResultDirs:
     else:
         config = PipelineConfig().resolve_paths(Path.cwd())
         config_file = None
-    mapping_search: list[Path] = []
-    mapping_csv = getattr(args, "mapping_csv", None)
-    holmes = config.holmes or {}
-    if mapping_csv is None and holmes.get("mapping_csv"):
-        mapping_csv = Path(holmes["mapping_csv"])
-        if not mapping_csv.is_absolute():  # relative paths: from the current directory, like outputs
-            mapping_csv = Path.cwd() / mapping_csv
-    if holmes.get("data_dir"):
-        data_dir = Path(holmes["data_dir"])
-        mapping_search.append(data_dir if data_dir.is_absolute() else Path.cwd() / data_dir)
+    holmes = config.holmes  # paths already resolved by the config's one rule
+    mapping_csv = getattr(args, "mapping_csv", None) or holmes.mapping_csv
     outputs = config.outputs
     return ResultDirs(
         harness=getattr(args, "harness_dir", None) or outputs.harness_results,
         holmes=getattr(args, "holmes_dir", None) or outputs.holmes_results,
         out=args.out or outputs.organized_results,
         mapping_csv=mapping_csv,
-        mapping_search=mapping_search,
+        mapping_search=[holmes.data_dir] if holmes.data_dir else [],
         config_file=config_file,
     )
 
@@ -94,33 +82,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_organize(dirs: ResultDirs) -> int:
-    from mergepipe.organize import organize
+    from mergepipe.results.tables import organize
 
     result = organize(dirs.harness, dirs.holmes, dirs.out, mapping_csv=dirs.mapping_csv,
                       mapping_search=dirs.mapping_search)
-    tables = result.tables
-    warnings = [i for i in result.issues if i.kind != "superseded"]
-    superseded = [i for i in result.issues if i.kind == "superseded"]
-    print(f"organized {result.harness_files} lm-eval file(s) and {result.holmes_files} Holmes file(s): "
-          f"{len(tables.summary)} models, {len(tables.harness)} harness rows, "
-          f"{len(tables.holmes)} Holmes rows -> {dirs.out}")
-    if not tables.summary.empty:
-        print(leaderboard_text(tables.summary))
-    if superseded:
-        print(f"{len(superseded)} older result(s) superseded by newer ones (see organize_notes.json)")
-    for issue in warnings:
+    print(result.describe(dirs.out))
+    for issue in result.warnings:
         print(f"warning: {issue.message}", file=sys.stderr)
     return 0
-
-
-def leaderboard_text(summary: pd.DataFrame, max_columns: int = 8) -> str:
-    """The first columns of the leaderboard, for the terminal (summary.csv has them all)."""
-    from mergepipe.organize import LABEL_COLUMNS
-
-    values = [c for c in summary.columns if c not in LABEL_COLUMNS]
-    shown = summary[["model_id", "role", *values[:max_columns]]]
-    more = f"\n(+{len(values) - max_columns} more columns in summary.csv)" if len(values) > max_columns else ""
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-") + more
 
 
 def run(args: argparse.Namespace) -> int:

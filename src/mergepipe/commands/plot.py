@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mergepipe.commands.organize import result_dirs, run_organize
-    from mergepipe.plots import FORMATS, make_plots
+    from mergepipe.results.plots import FORMATS, make_plots
 
     dirs = result_dirs(args)
     if not args.no_organize:

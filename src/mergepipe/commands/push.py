@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from mergepipe.commands.common import add_config_argument, config_from_args
-from mergepipe.errors import MergepipeError, ModelError, StageFailed
-
-LOG_FILE = "push.log"
+from mergepipe.errors import ModelError, StageFailed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,91 +40,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _merged_dirs(root: Path) -> list[Path]:
-    from mergepipe.model_card import MERGE_RECORD
-
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / MERGE_RECORD).is_file())
-
-
-@contextlib.contextmanager
-def _log_to_file(path: Path) -> Iterator[None]:
-    """Also write detailed logs (ours and huggingface_hub's) to ``path``; console output unchanged."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    touched: list[tuple[logging.Logger, int, list[tuple[logging.Handler, int]]]] = []
-    for logger in (logging.getLogger(), logging.getLogger("huggingface_hub"), logging.getLogger("mergepipe")):
-        shown = logger.getEffectiveLevel()
-        # Pin existing (console) handlers to what they showed before, then open the logger up.
-        handlers = [(h, h.level) for h in logger.handlers]
-        for h, level in handlers:
-            if level == logging.NOTSET:
-                h.setLevel(shown)
-        touched.append((logger, logger.level, handlers))
-        logger.setLevel(logging.DEBUG)
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-        for logger, level, handlers in touched:
-            logger.setLevel(level)
-            for h, old in handlers:
-                h.setLevel(old)
-
-
 def run(args: argparse.Namespace) -> int:
-    from mergepipe.hub import PublishError, push_merged_model, read_merge_record
-    from mergepipe.hub_settings import validate_hub_settings
-    from mergepipe.model_card import eval_table_from_organized
+    from mergepipe.config import HubSection
+    from mergepipe.config.options import given, validate_with_flags
+    from mergepipe.core.records import MergeRecord, merged_model_dirs
+    from mergepipe.publish.push import LOG_FILE, publish_models
+    from mergepipe.publish.settings import check_publishing
 
     config = config_from_args(args)
-    hub = dict(config.hub)
-    flags = {"namespace": args.namespace, "repo_name": args.repo_name, "private": args.private}
-    for key, value in flags.items():
-        if value is not None:
-            hub[key] = value
-    config = config.model_copy(update={"hub": hub})
-
+    hub = validate_with_flags(HubSection, config.hub.model_dump(mode="json"),
+                              given(args, ("namespace", "repo_name", "private")), args.config, "hub.")
     run_dir = config.outputs.merged_models / config.run
-    dirs = [d.expanduser().resolve() for d in args.model_dir] if args.model_dir else _merged_dirs(run_dir)
+    dirs = [d.expanduser().resolve() for d in args.model_dir] if args.model_dir else merged_model_dirs(run_dir)
     if not dirs:
         raise ModelError(f"{run_dir}: no merged models to publish; run 'mergepipe merge' first")
-    records = {d: read_merge_record(d) for d in dirs}
-    names = [str(r.get("name") or d.name) for d, r in records.items()]
-    settings = validate_hub_settings(config, names=names, publishing=True, source=args.config)
+    records = {d: MergeRecord.require(d) for d in dirs}
+    models = [(records[d].name or d.name, d) for d in dirs]
+    settings = check_publishing(config, hub, names=[n for n, _ in models], publishing=True, source=args.config)
 
-    merge_config_dir = config.outputs.merge_config / config.run
     if args.dry_run:
         visibility = "private" if settings.private else "public"
         print(f"run {config.run}: {len(dirs)} model(s) to publish ({visibility} when created)")
-        for d, name in zip(dirs, names, strict=True):
-            method = str(records[d].get("method") or "")
-            repo_id = settings.repo_id_for(run=config.run, name=name, method=method)
+        for name, d in models:
+            repo_id = settings.repo_id_for(run=config.run, name=name, method=records[d].method)
             print(f"  {name:28s} -> {repo_id}")
         return 0
 
-    failures: list[MergepipeError] = []
-    with _log_to_file(config.outputs.logs / config.run / LOG_FILE):
-        for d, name in zip(dirs, names, strict=True):
-            table = eval_table_from_organized(config.outputs.organized_results, config.run, name)
-            try:
-                result = push_merged_model(
-                    d, settings, run=config.run, results_table=table, merge_config_dir=merge_config_dir
-                )
-            except PublishError as exc:
-                logging.getLogger("mergepipe.push").info("failed: %s", exc)  # the CLI prints it
-                if len(dirs) == 1:
-                    raise
-                print(f"error: {exc}", file=sys.stderr)
-                failures.append(exc)
-                continue
-            extra = ", local copy deleted" if result.deleted_local else ""
-            print(f"pushed {name} -> {result.url} (commit {result.commit_oid[:12]}{extra})")
-    if failures:
-        raise StageFailed(f"push failed for {len(failures)} of {len(dirs)} model(s)")
+    outcomes = publish_models(models, settings, run=config.run,
+                              merge_config_dir=config.outputs.merge_config / config.run,
+                              organized_dir=config.outputs.organized_results,
+                              log_file=config.outputs.logs / config.run / LOG_FILE)
+    failed = [o for o in outcomes if not o.ok]
+    if failed and len(outcomes) == 1:
+        raise failed[0].error  # type: ignore[misc]  # the one line the user needs
+    for o in failed:
+        print(f"error: {o.error}", file=sys.stderr)
+    if failed:
+        raise StageFailed(f"push failed for {len(failed)} of {len(outcomes)} model(s)")
     return 0

@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mergepipe.commands.organize import result_dirs, run_organize
-    from mergepipe.plots import make_plots
-    from mergepipe.report import write_report
+    from mergepipe.results.plots import make_plots
+    from mergepipe.results.report import write_report
 
     dirs = result_dirs(args)
     if not args.no_organize:

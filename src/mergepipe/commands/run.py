@@ -24,31 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_overrides(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and print the plan (merges, jobs per slot, disk use); do nothing")
-    parser.add_argument("--jobs", type=int, metavar="N",
+    parser.add_argument("--jobs", metavar="N",
                         help="CPU evaluation slots when no GPU is visible (default: config evaluate.jobs)")
     parser.add_argument("--retry-failed", action="store_true", help="re-run evaluation jobs that failed before")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergepipe.errors import ConfigError
-    from mergepipe.pipeline import budget_table, describe_plan, run_pipeline, validate
+    from mergepipe.pipeline import RunReport, budget_table, describe_plan, prepare_plugins, run_pipeline, validate
+    from mergepipe.results.report import REPORT_HTML
 
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError("--jobs: must be at least 1")
-    config = config_from_args(args)
+    config = config_from_args(args, {"evaluate.jobs": args.jobs})
     if args.dry_run:
-        for line in describe_plan(validate(config, offline_ok=True), args.jobs):
+        prepare_plugins(config, RunReport(), print)
+        for line in describe_plan(validate(config, offline_ok=True)):
             print(line)
         return 0
     report = run_pipeline(config, config_file=Path(args.config).resolve() if Path(args.config).exists() else None,
-                          jobs=args.jobs, retry_failed=args.retry_failed)
+                          retry_failed=args.retry_failed)
     print("\n" + budget_table(report))
-    report_html = config.outputs.organized_results / "report.html"
+    report_html = config.outputs.organized_results / REPORT_HTML
     if report_html.is_file():
         print(f"\nreport: {report_html}")
     if not report.ok:
-        lines = [f"  {f['stage']}: {f['job'] + ': ' if f['job'] else ''}{f['message']}" for f in report.failures]
+        lines = [f"  {f.stage}: {f.job + ': ' if f.job else ''}{f.message}" for f in report.failures]
         print("\nfailures:\n" + "\n".join(lines))
         raise StageFailed(f"{len(report.failures)} failure(s); see above")
     return 0

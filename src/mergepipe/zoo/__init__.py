@@ -8,12 +8,15 @@ resolve to model folders wherever a model path is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from mergepipe import atomic
+from mergepipe.core import atomic
 from mergepipe.errors import MergepipeError, ModelError
-from mergepipe.zoo.recipe import DEFAULT_EXPERTS, DEFAULT_PAIR, LORA_SKILLS
+from mergepipe.zoo.recipe import DEFAULT_EXPERTS, DEFAULT_PAIR, LORA_SKILLS, RECIPE
 from mergepipe.zoo.skills import MAX_EXPERTS, SKILL_NAMES, SKILLS
 from mergepipe.zoo.store import SCHEME, Manifest, ZooModel, all_names
 
@@ -55,15 +58,19 @@ def ensure_built(experts: int = DEFAULT_EXPERTS, seed: int | None = None, force:
         root.mkdir(parents=True, exist_ok=True)
         atomic.remove_stale_temporaries(root)
         base_dir = root / "base"
-        if not base_dir.is_dir():
-            log.warning("zoo: building the demo zoo in %s (first use; a few minutes)", root)
-            build.build_base(base_dir, seed)
-        for s in SKILLS[:experts]:
-            if not (root / s.name).is_dir():
-                build.build_expert(root / s.name, base_dir, s, seed)
-        for s in SKILLS:
-            if build.wants_lora(s) and not (root / f"{s.name}-lora").is_dir():
-                build.build_lora(root / f"{s.name}-lora", base_dir, s, seed)
+        todo = [("base", lambda step: build.build_base(base_dir, seed, step), RECIPE.base.steps)]
+        todo += [(s.name, lambda step, s=s: build.build_expert(root / s.name, base_dir, s, seed, step),
+                  RECIPE.expert.steps) for s in SKILLS[:experts]]
+        todo += [(f"{s.name}-lora", lambda step, s=s: build.build_lora(root / f"{s.name}-lora", base_dir, s, seed,
+                                                                        step), RECIPE.lora.steps)
+                 for s in SKILLS if build.wants_lora(s)]
+        todo = [item for item in todo if not (root / item[0]).is_dir()]
+        if todo:
+            log.warning("zoo: building %d model(s) of the demo zoo in %s (first use; a few minutes)",
+                        len(todo), root)
+        for i, (name, make, steps) in enumerate(todo, 1):
+            with _progress(f"zoo [{i}/{len(todo)}] {name}", steps) as bar:
+                make(bar.update)
         if not data_parts.is_current(root / "tasks"):
             data_parts.build_tasks(root / "tasks", seed)
         if not data_parts.is_current(root / "probing"):
@@ -71,6 +78,15 @@ def ensure_built(experts: int = DEFAULT_EXPERTS, seed: int | None = None, force:
         manifest = store.scan(root, seed)
         store.write_manifest(manifest)
     return manifest
+
+
+@contextlib.contextmanager
+def _progress(label: str, steps: int) -> Iterator[Callable[..., Any]]:
+    """A training-step progress bar on stderr (a refreshed line on a terminal; TQDM_DISABLE=1 hides it)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=steps, desc=label, unit="step", leave=True, mininterval=2.0) as bar:
+        yield bar
 
 
 def _data_current(root: Path) -> bool:

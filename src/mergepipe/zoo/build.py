@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mergepipe import atomic
+from mergepipe.core import atomic
 from mergepipe.zoo import corpus, training
 from mergepipe.zoo.recipe import BUILD_THREADS, LORA_SKILLS, RECIPE
 from mergepipe.zoo.skills import Skill
@@ -73,30 +73,34 @@ def load_base(base_dir: Path) -> torch.nn.Module:
     return LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
 
 
-def build_base(out: Path, seed: int) -> None:
+Step = Callable[[], None] | None  # called after every training step (progress)
+
+
+def build_base(out: Path, seed: int, on_step: Step = None) -> None:
     def make(tmp: Path) -> dict:
         with deterministic_torch():
             model = training.new_model(RECIPE.shape, part_seed(seed, "base-init"))
-            loss = training.train(model, corpus.Streams(seed).base_mix(), RECIPE.base, part_seed(seed, "base"))
+            loss = training.train(model, corpus.Streams(seed).base_mix(), RECIPE.base, part_seed(seed, "base"),
+                                  on_step)
         save_model(model, tmp)
         return {"final_loss": round(loss, 4)}
 
     timed_part(out, make)
 
 
-def build_expert(out: Path, base_dir: Path, s: Skill, seed: int) -> None:
+def build_expert(out: Path, base_dir: Path, s: Skill, seed: int, on_step: Step = None) -> None:
     def make(tmp: Path) -> dict:
         with deterministic_torch():
             model = load_base(base_dir)
             sampler = corpus.Streams(seed).expert_mix(s, RECIPE.replay)
-            loss = training.train(model, sampler, RECIPE.expert, part_seed(seed, f"expert:{s.name}"))
+            loss = training.train(model, sampler, RECIPE.expert, part_seed(seed, f"expert:{s.name}"), on_step)
         save_model(model, tmp)
         return {"final_loss": round(loss, 4)}
 
     timed_part(out, make)
 
 
-def build_lora(out: Path, base_dir: Path, s: Skill, seed: int) -> None:
+def build_lora(out: Path, base_dir: Path, s: Skill, seed: int, on_step: Step = None) -> None:
     from peft import LoraConfig, get_peft_model
 
     def make(tmp: Path) -> dict:
@@ -111,7 +115,7 @@ def build_lora(out: Path, base_dir: Path, s: Skill, seed: int) -> None:
             )
             model = get_peft_model(load_base(base_dir), cfg)
             sampler = corpus.Streams(seed).expert_mix(s, RECIPE.replay)
-            loss = training.train(model, sampler, RECIPE.lora, part_seed(seed, f"lora:{s.name}"))
+            loss = training.train(model, sampler, RECIPE.lora, part_seed(seed, f"lora:{s.name}"), on_step)
         # Adapters name their base by absolute path, so they load from anywhere.
         model.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
         model.save_pretrained(tmp, safe_serialization=True)

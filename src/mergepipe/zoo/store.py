@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mergepipe import atomic
+from mergepipe.core import atomic
+from mergepipe.core.paths import project_root
 from mergepipe.errors import MergepipeError
-from mergepipe.paths import zoo_dir
 from mergepipe.zoo.recipe import DEFAULT_PAIR, DEFAULT_SEED, LORA_SKILLS
 from mergepipe.zoo.skills import SKILLS
 from mergepipe.zoo.tasks import GROUP, task_names
@@ -28,6 +28,12 @@ from mergepipe.zoo.tasks import GROUP, task_names
 MANIFEST = "manifest.json"
 SCHEME = "zoo://"
 _PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def zoo_dir() -> Path:
+    """The demo zoo's cache; ``MERGEPIPE_ZOO_DIR`` overrides the default ``environments/zoo``."""
+    env = os.environ.get("MERGEPIPE_ZOO_DIR")
+    return Path(env).expanduser().resolve() if env else project_root() / "environments" / "zoo"
 
 
 # The modules whose code decides the model weights (the data parts carry their own stamp).

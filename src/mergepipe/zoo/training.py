@@ -7,7 +7,7 @@ training needs no tokenizer calls. Loss is on the target bytes only.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,8 +86,12 @@ class Schedule:
     optimizer: str = "adamw"  # or "sgd" (momentum 0.9): moves only weights the data needs
 
 
-def train(model: torch.nn.Module, sampler: Sampler, schedule: Schedule, seed: int) -> float:
-    """Train in place with AdamW and a linear-decay schedule; returns the last loss."""
+def train(model: torch.nn.Module, sampler: Sampler, schedule: Schedule, seed: int,
+          on_step: Callable[[], None] | None = None) -> float:
+    """Train in place with AdamW and a linear-decay schedule; returns the last loss.
+
+    ``on_step`` is called after every optimiser step (progress display; it must not touch the model).
+    """
     rng = random.Random(seed)
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -113,6 +117,8 @@ def train(model: torch.nn.Module, sampler: Sampler, schedule: Schedule, seed: in
         opt.step()
         sched.step()
         loss_value = float(out.loss.detach())
+        if on_step is not None:
+            on_step()
     model.eval()
     return loss_value
 

@@ -1,0 +1,185 @@
+"""Bilateral consensus merging: the task-vector sum that disturbs no expert on either side.
+
+Every expert ``i`` brings a task vector ``tau_i = theta_i - theta_base``. For each weight matrix
+the merged delta ``M`` is the closed-form minimiser of
+
+    sum_i ||(M - tau_i) tau_i^T||_F^2 + ||tau_i^T (M - tau_i)||_F^2
+
+The first term asks ``M`` to act like ``tau_i`` on the inputs expert ``i`` reacts to (the row
+space of ``tau_i`` stands in for its input data, as in WUDI); the second asks it to write like
+``tau_i`` into the outputs expert ``i`` writes to (its column space). Solving both at once is a
+Sylvester equation that decouples in the eigenbases of the two summed Gram matrices, so it
+needs no iterations, no data and no coefficient. It returns the expert for K = 1 or identical
+experts, and the plain sum for experts acting on mutually orthogonal inputs and outputs: what
+one expert learned alone is added in full, what several learned together is counted once.
+
+* Elements only one expert changed are added as they are (nothing else can interfere there),
+  so experts touching disjoint parameters merge to exactly the task-arithmetic sum.
+* Vectors (norm gains, biases) and output-head rows (one token per row) use the same
+  objective per element / per row, where it reduces to the energy-weighted mean
+  ``sum_i |r_i|^2 r_i / sum_i |r_i|^2``. Input-embedding rows add every expert's change to
+  the token, divided by how many experts changed it in the same direction. One token's
+  update never leaks into another.
+* Inputs are upcast to at least float32, the spectral step runs in float64 (Gram matrices
+  square the condition number), on whatever device mergekit hands the tensors to.
+
+docs/methods/bilateral_consensus.md has the derivation, the comparison with TSV-Merge,
+Iso-C/Iso-CTS and WUDI, and the cost.
+"""
+
+from __future__ import annotations
+
+import torch
+from mergekit.merge_methods.base import BasePolicy, InputContract, TensorGroup
+from mergekit.merge_methods.easy_define import merge_method
+
+from mergepipe.core.tensor_names import is_input_embedding, is_vocabulary_tensor
+
+METHOD_NAME = "bilateral_consensus"
+
+DEFAULTS: dict[str, float] = {"eps": 1e-12}
+
+# Read by mergepipe.merge.catalogue (via mergepipe.merge.methods.CATALOGUE_INFO).
+CATALOGUE_INFO = {
+    "layout": "delta",
+    "description": (
+        "Data-free closed-form merge of task vectors that keeps each expert's effect on its own "
+        "input and output subspaces (bilateral least squares); no coefficients to set."
+    ),
+    "defaults": dict(DEFAULTS),
+}
+
+
+
+def vocabulary_axis(name: str | None, axis: int | None, ndim: int) -> int | None:
+    if ndim != 2:
+        return None
+    if axis is not None:
+        return axis
+    # Callers that pass names but no vocabulary axis (mergekit's merge_state_dicts): by name.
+    if name and is_vocabulary_tensor(name):
+        return 0
+    return None
+
+
+def _tiny(x: torch.Tensor) -> float:
+    return torch.finfo(x.dtype).tiny
+
+
+def _weighted_mean(deltas: torch.Tensor, reduce_dims: tuple[int, ...]) -> torch.Tensor:
+    """sum_i e_i tau_i / sum_i e_i with e_i the energy of tau_i over ``reduce_dims``.
+
+    The minimiser of the bilateral objective when every element (or row) is its own problem.
+    """
+    energy = deltas.square()
+    if reduce_dims:
+        energy = energy.sum(reduce_dims, keepdim=True)
+    total = energy.sum(0)
+    return (energy * deltas).sum(0) / total.clamp_min(_tiny(total))
+
+
+def _bilateral(deltas: torch.Tensor, eps: float) -> torch.Tensor:
+    """Closed-form minimiser for stacked matrices [K, out, in].
+
+    With ``A_i = tau_i^T tau_i`` and ``B_i = tau_i tau_i^T`` the objective
+    ``sum_i ||(M - tau_i) A_i||^2 + ||B_i (M - tau_i)||^2`` has its gradient vanish where
+    ``H M + M G = C``, ``H = sum_i B_i^2``, ``G = sum_i A_i^2``, ``C = 2 sum_i B_i^2 tau_i``.
+    With ``H = P diag(h) P^T`` and ``G = Q diag(g) Q^T`` this is
+    ``(P^T M Q)_ab = (P^T C Q)_ab / (h_a + g_b)``. Where no expert acts on either side
+    (``h_a + g_b`` below eps of the largest) every task vector is zero, and so is M.
+    """
+    x = deltas.double()
+    out_dim, in_dim = x.shape[1], x.shape[2]
+    gram_in = x.new_zeros(in_dim, in_dim)
+    gram_out = x.new_zeros(out_dim, out_dim)
+    rhs = torch.zeros_like(x[0])
+    # Every product is taken in an order that costs O(out * in * (out + in)) per expert: no
+    # out^3 or in^3 term besides the two eigendecompositions.
+    for t in x:
+        t3 = (t @ t.T) @ t if out_dim <= in_dim else t @ (t.T @ t)  # B_i tau_i = tau_i A_i
+        a2 = t.T @ t3  # A_i^2
+        b2 = t3 @ t.T  # B_i^2
+        gram_in += a2
+        gram_out += b2
+        rhs += b2 @ t if out_dim <= in_dim else t @ a2  # B_i^2 tau_i = tau_i A_i^2
+    h, p = torch.linalg.eigh(gram_out)
+    g, q = torch.linalg.eigh(gram_in)
+    denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :]
+    rotated = p.T @ (2.0 * rhs) @ q
+    solved = torch.where(denom > eps * denom.max(), rotated / denom.clamp_min(_tiny(denom)), 0.0)
+    return (p @ solved @ q.T).to(deltas.dtype)
+
+
+def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
+    """Per row of [K, rows, width]: sum_i r_i / m_i with m_i = sum_j |cos(r_i, r_j)|^4.
+
+    ``m_i`` counts the experts whose change to this token points the same way as expert i's:
+    1 when no other change is aligned with it, K when all are identical. The fourth power
+    makes only near-parallel changes count as shared (|cos| 0.4 adds 0.03, 0.9 adds 0.66).
+    """
+    # Only [rows, K, K] intermediates: a Llama-3 embedding with K = 8 is already 17 GB of deltas.
+    gram = torch.einsum("irw,jrw->rij", rows, rows)
+    norms = torch.diagonal(gram, dim1=1, dim2=2).clamp_min(0).sqrt()  # [rows, K]
+    cosine = gram / (norms[:, :, None] * norms[:, None, :]).clamp_min(_tiny(norms))
+    multiplicity = cosine.abs().pow(4).sum(2)
+    weight = torch.where(norms > 0, 1.0 / multiplicity.clamp_min(_tiny(multiplicity)), 0.0)
+    return torch.einsum("rk,krw->rw", weight, rows)
+
+
+def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float, input_embedding: bool) -> torch.Tensor:
+    if deltas.dim() <= 2:  # scalars and vectors: per element
+        return _weighted_mean(deltas, ())
+    if axis is not None:  # vocabulary rows: per row
+        moved = deltas.movedim(axis + 1, 1)
+        rows = moved.reshape(moved.shape[0], moved.shape[1], -1)
+        merged = _aligned_sum(rows) if input_embedding else _weighted_mean(rows, (2,))
+        return merged.reshape(moved.shape[1:]).movedim(0, axis)
+    k = deltas.shape[0]
+    matrices = deltas.reshape(k, deltas.shape[1], -1)  # conv-like weights: flatten the fan-in
+    return _bilateral(matrices, eps).reshape(deltas.shape[1:])
+
+
+def bilateral_delta(
+    deltas: torch.Tensor,
+    *,
+    name: str | None = None,
+    vocab_axis: int | None = None,
+    eps: float = DEFAULTS["eps"],
+) -> torch.Tensor:
+    """The merged task vector for stacked expert task vectors ``deltas`` [K, *shape]."""
+    if deltas.shape[0] == 1:
+        return deltas[0].clone()
+    axis = vocabulary_axis(name, vocab_axis, deltas.dim() - 1)
+    input_embedding = axis is not None and bool(name and is_input_embedding(name))
+    # Elements only one expert touched are added as they are; the rest is solved jointly.
+    # For dense fine-tuning no element is exclusive and this split changes nothing.
+    touched = (deltas != 0).sum(0)
+    exclusive = touched == 1
+    if not bool(exclusive.any()):
+        return _merge_shared(deltas, axis, eps, input_embedding)
+    alone = (deltas * exclusive).sum(0)
+    if not bool((touched > 1).any()):
+        return alone
+    return alone + _merge_shared(deltas * ~exclusive, axis, eps, input_embedding)
+
+
+@merge_method(
+    name=METHOD_NAME,
+    pretty_name="Bilateral Consensus",
+    contract=InputContract(base=BasePolicy.REQUIRED),
+)
+def bilateral_consensus_merge(group: TensorGroup, eps: float = DEFAULTS["eps"]) -> torch.Tensor:
+    base = group.base.tensor
+    experts = group.non_base
+    if not experts:
+        return base
+    if not base.is_floating_point():
+        raise TypeError(f"{METHOD_NAME} needs floating-point tensors ({group.metadata.name})")
+    # At least float32 whatever the storage dtype (bf16 deltas lose most of their bits).
+    work = torch.float64 if base.dtype == torch.float64 else torch.float32
+    base_w = base.to(work)
+    deltas = torch.stack([entry.tensor.to(work) - base_w for entry in experts])
+    merged = bilateral_delta(
+        deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, eps=eps
+    )
+    return (base_w + merged).to(base.dtype)

@@ -1,0 +1,197 @@
+"""bilateral_consensus: registration, the sanity properties, fallbacks, dtypes, a real run_merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mergekit.merge_methods import merge_state_dicts, registry
+from safetensors.torch import load_file
+
+import mergepipe.merge.methods as custom_methods
+from mergepipe.merge.methods.bilateral import METHOD_NAME, bilateral_delta
+
+torch.set_num_threads(1)
+
+
+def _state(model_dir: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.fixture(scope="module")
+def family(tiny_models):
+    base = _state(tiny_models.base)
+    experts = [_state(p) for p in tiny_models.experts]
+    return base, experts
+
+
+def _merge(base, experts, method=METHOD_NAME, parameters=None, dtype=None):
+    models = {"base": base, **{f"e{i}": e for i, e in enumerate(experts)}}
+    with torch.no_grad():
+        return merge_state_dicts(models, method, parameters=parameters or {}, base="base", dtype=dtype)
+
+
+def _assert_states_close(a, b, atol=1e-5, rtol=1e-4):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name].float(), b[name].float(), atol=atol, rtol=rtol, msg=name)
+
+
+def test_registered_once_and_catalogued():
+    assert registry.get(METHOD_NAME).spec.name == METHOD_NAME
+    custom_methods.register_all()  # a second registration must be a no-op, not an error
+    names = [m.spec.name for m in registry.registered_methods()]
+    assert names.count(METHOD_NAME) == 1
+    info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
+    assert info["description"] and info["defaults"] == {"eps": 1e-12}
+
+
+def test_single_expert_returns_the_expert(family):
+    base, experts = family
+    _assert_states_close(_merge(base, experts[:1]), experts[0])
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_identical_experts_return_that_expert(family, k):
+    base, experts = family
+    _assert_states_close(_merge(base, [experts[1]] * k), experts[1])
+
+
+def test_disjoint_experts_return_the_task_arithmetic_sum(family):
+    """Expert i moves only its own share of each tensor's elements (and expert 2 only layer 0)."""
+    base, experts = family
+    gen = torch.Generator().manual_seed(7)
+    disjoint = [{}, {}, {}]
+    for name, w in base.items():
+        owner = torch.randint(0, 2, w.shape, generator=gen)
+        for i in range(2):
+            disjoint[i][name] = torch.where(owner == i, experts[i][name], w)
+        # Expert 2 touches whole tensors nobody else touches: layer 0's attention output.
+        disjoint[2][name] = w.clone()
+    only2 = "model.layers.0.self_attn.o_proj.weight"
+    for i in range(2):
+        disjoint[i][only2] = base[only2].clone()
+    disjoint[2][only2] = experts[2][only2]
+
+    merged = _merge(base, disjoint)
+    task_sum = _merge(base, disjoint, method="task_arithmetic", parameters={"weight": 1.0})
+    _assert_states_close(merged, task_sum, atol=1e-6, rtol=1e-6)
+    # ...and it is a real sum: both experts' changes are present in full.
+    name = "model.layers.1.mlp.up_proj.weight"
+    expected = base[name] + sum(d[name] - base[name] for d in disjoint)
+    torch.testing.assert_close(merged[name], expected)
+
+
+def test_shared_component_is_counted_once():
+    """Experts = shared low-rank part + own low-rank part: the ideal merge has each once."""
+    gen = torch.Generator().manual_seed(0)
+    shared = torch.randn(64, 6, generator=gen) @ torch.randn(6, 48, generator=gen)
+    own = [torch.randn(64, 3, generator=gen) @ torch.randn(3, 48, generator=gen) for _ in range(4)]
+    deltas = torch.stack([shared + u for u in own])
+    ideal = shared + sum(own)
+    err = lambda m: float((m - ideal).norm() / ideal.norm())  # noqa: E731
+    ours = err(bilateral_delta(deltas))
+    assert ours < 0.25 * err(deltas.sum(0))  # task arithmetic counts the shared part 4 times
+    assert ours < 0.6 * err(deltas.mean(0))  # averaging keeps a quarter of each own part
+
+
+def test_shared_component_on_its_own_subspace_is_counted_once_exactly():
+    """Shared part and own parts on mutually orthogonal inputs and outputs: exactly once each."""
+    gen = torch.Generator().manual_seed(4)
+    u, _ = torch.linalg.qr(torch.randn(64, 15, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(48, 15, generator=gen))
+    block = lambda i: u[:, 3 * i : 3 * i + 3] @ torch.randn(3, 3, generator=gen) @ v[:, 3 * i : 3 * i + 3].T  # noqa: E731
+    shared, own = block(0), [block(i) for i in range(1, 5)]
+    merged = bilateral_delta(torch.stack([shared + o for o in own]))
+    torch.testing.assert_close(merged, shared + sum(own), atol=1e-5, rtol=1e-4)
+
+
+def test_experts_on_orthogonal_subspaces_are_summed():
+    """Dense deltas (every element touched by both) acting on orthogonal inputs and outputs."""
+    gen = torch.Generator().manual_seed(3)
+    u, _ = torch.linalg.qr(torch.randn(48, 8, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(40, 8, generator=gen))
+    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
+    b = u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:].T
+    assert bool(((a != 0) & (b != 0)).all())
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, b])), a + b, atol=1e-5, rtol=1e-4)
+
+
+def test_vector_and_vocabulary_fallbacks():
+    gen = torch.Generator().manual_seed(1)
+    # 1-D: per element, the energy-weighted mean sum_i t_i^3 / sum_i t_i^2.
+    a, b = torch.randn(10, generator=gen), torch.randn(10, generator=gen)
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, a, torch.zeros(10)])), a)
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, b])), (a**3 + b**3) / (a**2 + b**2))
+    # Vocabulary rows are merged row by row: a row one expert changed is kept as it is, a row
+    # all experts changed the same way is that change, whatever happens in other rows.
+    rows = torch.zeros(3, 20, 8)
+    rows[0, 0] = torch.randn(8, generator=gen)
+    common = torch.randn(8, generator=gen)
+    rows[:, 1] = common
+    rows[:, 2:] = torch.randn(3, 18, 8, generator=gen)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        merged = bilateral_delta(rows, name=name)
+        torch.testing.assert_close(merged[0], rows[0, 0])
+        torch.testing.assert_close(merged[1], common)
+        # mergekit's vocabulary axis wins over the layout: axis 1 means rows along dim 1.
+        merged_t = bilateral_delta(rows.transpose(1, 2), name=name, vocab_axis=1)
+        torch.testing.assert_close(merged_t, merged.T)
+    # Output-head rows: the energy-weighted mean. Input-embedding rows: changes in orthogonal
+    # directions add up in full; a change shared by all is counted once.
+    a_row, b_row = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    b_row -= (b_row @ a_row) / (a_row @ a_row) * a_row  # orthogonal, yet every element shared
+    pair = torch.stack([a_row, b_row])[:, None, :].repeat(1, 3, 1)  # [K=2, 3 rows, 8]
+    pair[:, 2] = common
+    head = bilateral_delta(pair, name="lm_head.weight")
+    wa, wb = a_row.square().sum(), b_row.square().sum()
+    torch.testing.assert_close(head[0], (wa * a_row + wb * b_row) / (wa + wb))
+    embed = bilateral_delta(pair, name="model.embed_tokens.weight")
+    torch.testing.assert_close(embed[0], a_row + b_row)
+    torch.testing.assert_close(embed[2], common)
+
+
+def test_bfloat16_storage_computes_in_float32(family):
+    base, experts = family
+    base16 = {k: v.to(torch.bfloat16) for k, v in base.items()}
+    experts16 = [{k: v.to(torch.bfloat16) for k, v in e.items()} for e in experts]
+    merged16 = _merge(base16, experts16)
+    assert all(v.dtype == torch.bfloat16 for v in merged16.values())
+    reference = _merge(
+        {k: v.float() for k, v in base16.items()}, [{k: v.float() for k, v in e.items()} for e in experts16]
+    )
+    for name in reference:
+        assert torch.isfinite(merged16[name].float()).all()
+        # One bf16 rounding of the float32 result, not bf16 arithmetic throughout.
+        torch.testing.assert_close(merged16[name], reference[name].to(torch.bfloat16), atol=0, rtol=0)
+
+
+def test_run_merge_by_name_in_a_config(tiny_models, tmp_path):
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    config = {
+        "merge_method": METHOD_NAME,
+        "base_model": str(tiny_models.base),
+        "models": [{"model": str(p)} for p in tiny_models.experts],
+        "dtype": "bfloat16",
+    }
+    out = tmp_path / "merged"
+    run_merge(MergeConfiguration.model_validate(config), str(out),
+              options=MergeOptions(copy_tokenizer=False, quiet=True), config_source=yaml.safe_dump(config))
+    merged = _state(out)
+    base = _state(tiny_models.base)
+    assert merged.keys() == base.keys()
+    for name, w in merged.items():
+        assert w.dtype == torch.bfloat16 and torch.isfinite(w.float()).all(), name
+    # Same result as the in-memory path (which has no vocabulary metadata but finds it by name).
+    reference = _merge(base, [_state(p) for p in tiny_models.experts], dtype=torch.float32)
+    for name in merged:
+        torch.testing.assert_close(merged[name].float(), reference[name].to(torch.bfloat16).float(),
+                                   atol=2e-2, rtol=2e-2, msg=name)
