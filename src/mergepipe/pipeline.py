@@ -77,7 +77,19 @@ def describe_plan(v: Validated) -> list[str]:
     n_models = ("base" in ev.roles and config.base_model is not None) + \
         ("experts" in ev.roles) * len(config.models) + ("merged" in ev.roles) * len(v.plans)
     suites = (list(ev.suites) if ev.do_harness else []) + (["holmes"] if ev.do_holmes else [])
-    slots = make_slots(ev.device, ev.jobs, ev.gpus)
+    if config.merge.executor == "ray" or ev.executor == "ray":
+        from mergepipe.core.cluster import connect
+
+        lines.append(f"  cluster: {connect(config.cluster).describe()}")
+        if config.merge.executor == "ray":
+            lines.append(f"  merges run as cluster tasks, {config.cluster.gpus_per_merge:g} GPU each when the "
+                         "cluster has GPUs")
+    if ev.executor == "ray":
+        from mergepipe.evaluate.ray_executor import RayExecutor
+
+        slots = RayExecutor(config).slots()
+    else:
+        slots = make_slots(ev.device, ev.jobs, ev.gpus)
     n_jobs = n_models * len(suites)
     lines.append(f"  evaluate {n_models} model(s) x {len(suites)} suite(s) ({', '.join(suites) or 'none'}) = "
                  f"{n_jobs} job(s) on {len(slots)} slot(s) ({', '.join(s.name for s in slots)}), "

@@ -271,20 +271,20 @@ def test_jobs_are_specs_run_by_the_real_cli(project: Path, tiny_models, tmp_path
     logs.mkdir()
     command = kinds["harness"].command(slot, logs)
     args = parser.parse_args(command[3:])
-    assert args.command == "job" and args.spec == logs / f"{kinds['harness'].key}.job.json"
-    harness = read_spec(args.spec)
+    assert args.command == "job" and Path(args.spec) == logs / f"{kinds['harness'].key}.job.json"
+    harness = read_spec(Path(args.spec))
     assert isinstance(harness, HarnessJobSpec) and harness == kinds["harness"].spec_for(slot)
     s = harness.settings
     assert (harness.suite, harness.device, s.batch_size, s.num_fewshot, s.apply_chat_template, s.limit) == (
         "mc", "cuda", 4, 2, True, 6.0)
     assert s.seed == config.seed  # unset in the section: the pipeline seed
-    probe = read_spec(parser.parse_args(kinds["holmes"].command(slot, logs)[3:]).spec)
+    probe = read_spec(Path(parser.parse_args(kinds["holmes"].command(slot, logs)[3:]).spec))
     assert isinstance(probe, ProbeJobSpec) and probe.suite == "holmes"
     assert (probe.holmes.seeds, probe.data_dir, probe.results_dir, probe.model.role) == (
         2, tmp_path, config.outputs.holmes_results, "base")
     assert not kinds["holmes"].is_finished()
     bad = logs / "bad.job.json"
-    bad.write_text(json.dumps({**json.loads(args.spec.read_text()), "tasks": "tiny_mc"}))
+    bad.write_text(json.dumps({**json.loads(Path(args.spec).read_text()), "tasks": "tiny_mc"}))
     with pytest.raises(MergepipeError, match=r"bad\.job\.json: harness\.tasks: Input should be a valid (list|array)"):
         read_spec(bad)
 

@@ -68,3 +68,13 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
             args.config = str(project_root() / DEFAULT_CONFIG)
             return _load(project_root() / DEFAULT_CONFIG, overrides, root=project_root())
     return _load(path, overrides)
+
+
+def add_cluster_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--executor`` and ``--ray-address`` (docs/distributed.md)."""
+    group = parser.add_argument_group("cluster")
+    group.add_argument("--executor", choices=["local", "ray"], default=None,
+                       help=f"where {what} run: local (this machine) or ray (a Ray cluster; default: the config's)")
+    group.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                       help="Ray cluster address (overrides cluster.address; default: RAY_ADDRESS, else a local "
+                       "Ray instance)")

@@ -13,7 +13,7 @@ from mergepipe.config.evaluate import HARNESS_FIELDS
 from mergepipe.config.options import add_model_options, given
 
 # The evaluate-section fields that also are flags (besides the lm-eval settings).
-STAGE_FIELDS = ("roles", "jobs", "gpus", "device")
+STAGE_FIELDS = ("roles", "jobs", "gpus", "device", "executor")
 SWITCHES = ("do_harness", "do_holmes")
 
 
@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         stage.add_argument(f"--do-{word}", dest=field, action="store_true", default=None,
                            help=EvaluateSection.model_fields[field].description)
         stage.add_argument(f"--no-{word}", dest=field, action="store_false", help=f"skip the {word} suites")
+    stage.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                       help="Ray cluster address for --executor ray (overrides cluster.address; default: "
+                       "RAY_ADDRESS, else a local Ray instance)")
     add_harness_options(parser)
     parser.set_defaults(func=run)
 
@@ -59,6 +62,7 @@ def section_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from mergepipe.config import build_config, load_config
     from mergepipe.config.options import validate_with_flags
+    from mergepipe.core.locks import holding_run
     from mergepipe.errors import ConfigError
     from mergepipe.evaluate.stage import evaluate_config
 
@@ -76,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     section = validate_with_flags(EvaluateSection, config.evaluate.model_dump(mode="json"), flags,
                                   str(path), "evaluate.")
     section = config.model_copy(update={"evaluate": section}).resolve_paths(Path.cwd()).evaluate
-    evaluate_config(config, models=args.models, suites=args.suites, section=section,
-                    retry_failed=args.retry_failed)
+    if args.ray_address:
+        config = config.model_copy(update={"cluster": config.cluster.model_copy(update={"address": args.ray_address})})
+    with holding_run(config.outputs.logs, config.run, "mergepipe evaluate"):
+        evaluate_config(config, models=args.models, suites=args.suites, section=section,
+                        retry_failed=args.retry_failed)
     return 0

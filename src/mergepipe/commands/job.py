@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 from pathlib import Path
 
 
@@ -18,15 +20,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the evaluation job a spec file describes, in this process. The scheduler "
         "starts one of these per job; running one by hand reproduces that job exactly.",
     )
-    parser.add_argument("spec", type=Path, metavar="SPEC.json", help="the job spec written by the plan")
+    parser.add_argument("spec", metavar="SPEC.json",
+                        help="the job spec written by the plan ('-': read it from standard input, as cluster "
+                        "workers pass it)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergepipe.evaluate.jobs import read_spec, run_job
+    from mergepipe.evaluate.jobs import parse_spec, read_spec, run_job
 
-    spec = read_spec(args.spec)
+    spec = parse_spec(sys.stdin.read(), "job spec on stdin") if args.spec == "-" else read_spec(Path(args.spec))
     if spec.kind == "holmes":
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see 'mergepipe probe')
+    # Epoch stamps in the log: what the scheduler's own overhead is measured against.
+    print(f"=== job {spec.key} started {time.time():.3f}", flush=True)
     run_job(spec)
+    print(f"=== job {spec.key} ended {time.time():.3f}", flush=True)
     return 0

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from mergepipe.commands.common import add_config_argument, add_model_overrides, config_from_args
+from mergepipe.commands.common import (
+    add_cluster_options,
+    add_config_argument,
+    add_model_overrides,
+    config_from_args,
+)
 from mergepipe.errors import StageFailed
 
 
@@ -25,14 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cuda", dest="device", action="store_const", const="cuda",
                         help="merge on the GPU (same as --device cuda)")
     parser.add_argument("--force", action="store_true", help="merge again even when up to date")
+    add_cluster_options(parser, "merges")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; merge nothing")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergepipe.core.locks import holding_run
     from mergepipe.merge.run import prepare, run_merges
 
-    config = config_from_args(args)
+    config = config_from_args(args, {"merge.executor": args.executor, "cluster.address": args.ray_address})
     if args.device:
         config = config.model_copy(update={"merge": config.merge.model_copy(update={"device": args.device})})
     plans, per_merge = prepare(config)
@@ -42,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             state = "up to date" if plan.is_complete() else "to merge"
             print(f"  {plan.name:28s} {plan.method.name:18s} {state:10s} -> {plan.output_dir}")
         return 0
-    outcomes = run_merges(config, plans, force=args.force)
+    with holding_run(config.outputs.logs, config.run, "mergepipe merge"):
+        outcomes = run_merges(config, plans, force=args.force)
     failed = [o for o in outcomes if o.status == "failed"]
     done = sum(o.status == "merged" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)

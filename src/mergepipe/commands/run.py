@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mergepipe.commands.common import add_config_argument, add_model_overrides, config_from_args
+from mergepipe.commands.common import (
+    add_cluster_options,
+    add_config_argument,
+    add_model_overrides,
+    config_from_args,
+)
 from mergepipe.errors import StageFailed
 
 
@@ -27,21 +32,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", metavar="N",
                         help="CPU evaluation slots when no GPU is visible (default: config evaluate.jobs)")
     parser.add_argument("--retry-failed", action="store_true", help="re-run evaluation jobs that failed before")
+    add_cluster_options(parser, "merges and evaluation jobs")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergepipe.core.locks import holding_run
     from mergepipe.pipeline import RunReport, budget_table, describe_plan, prepare_plugins, run_pipeline, validate
     from mergepipe.results.report import REPORT_HTML
 
-    config = config_from_args(args, {"evaluate.jobs": args.jobs})
+    config = config_from_args(args, {"evaluate.jobs": args.jobs, "merge.executor": args.executor,
+                                     "evaluate.executor": args.executor, "cluster.address": args.ray_address})
     if args.dry_run:
         prepare_plugins(config, RunReport(), print)
         for line in describe_plan(validate(config, offline_ok=True)):
             print(line)
         return 0
-    report = run_pipeline(config, config_file=Path(args.config).resolve() if Path(args.config).exists() else None,
-                          retry_failed=args.retry_failed)
+    with holding_run(config.outputs.logs, config.run, "mergepipe run"):
+        report = run_pipeline(config, config_file=Path(args.config).resolve() if Path(args.config).exists() else None,
+                              retry_failed=args.retry_failed)
     print("\n" + budget_table(report))
     report_html = config.outputs.organized_results / REPORT_HTML
     if report_html.is_file():

@@ -1,6 +1,7 @@
 """The pipeline config: one typed tree (:mod:`.schema`), its loading (:mod:`.load`), the
 command-line options generated from it (:mod:`.options`) and its reference (:mod:`.docs`)."""
 
+from mergepipe.config.cluster import ClusterSection
 from mergepipe.config.evaluate import EvaluateSection, HarnessSettings
 from mergepipe.config.holmes import HolmesSection
 from mergepipe.config.hub import HubSection
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DTYPES",
     "ENV_OVERRIDES",
+    "ClusterSection",
     "EvaluateSection",
     "HarnessSettings",
     "HolmesSection",

@@ -51,10 +51,17 @@ def table(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def render() -> str:
-    from mergepipe.config import MergeSection, MethodSpec, ModelRef, OutputsSection, PipelineConfig
-    from mergepipe.config.evaluate import EvaluateSection
-    from mergepipe.config.holmes import HolmesSection
-    from mergepipe.config.hub import HubSection
+    from mergepipe.config import (
+        ClusterSection,
+        EvaluateSection,
+        HolmesSection,
+        HubSection,
+        MergeSection,
+        MethodSpec,
+        ModelRef,
+        OutputsSection,
+        PipelineConfig,
+    )
 
     sections: list[tuple[str, type[BaseModel], str, str]] = [
         ("Top level", PipelineConfig, "", "The keys of `pipeline.yaml`. Unknown keys are errors."),
@@ -67,6 +74,8 @@ def render() -> str:
         ("`outputs`", OutputsSection, "outputs.", "Where outputs go (see the rule for relative paths above)."),
         ("`evaluate`", EvaluateSection, "evaluate.", "The evaluation stage (lm-eval harness and Holmes jobs)."),
         ("`holmes`", HolmesSection, "holmes.", "Holmes-style linguistic probing."),
+        ("`cluster`", ClusterSection, "cluster.",
+         "A Ray cluster, used when `merge.executor` or `evaluate.executor` is `ray` (docs/distributed.md)."),
         ("`hub`", HubSection, "hub.",
          "Publishing to the Hugging Face Hub. The token comes only from `HF_TOKEN` or the login cache; "
          "a config containing a token is refused."),

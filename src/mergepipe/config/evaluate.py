@@ -117,6 +117,11 @@ class EvaluateSection(HarnessSettings):
         description="auto = one job per visible GPU when there is one, else CPU slots; cpu / cuda force it",
     )
     jobs: int = Field(default=1, ge=1, le=256, description="parallel jobs when running on CPU (CPU slots)")
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="local = subprocesses on this machine's GPUs / CPU slots; ray = jobs placed on a Ray "
+        "cluster's nodes (settings under 'cluster:')",
+    )
     gpus: list[int] | None = Field(
         default=None,
         description="GPU indices to use as slots (default: every visible GPU); one job per GPU at a time",

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mergepipe.config.cluster import ClusterSection
 from mergepipe.config.evaluate import EvaluateSection
 from mergepipe.config.holmes import HolmesSection
 from mergepipe.config.hub import HubSection
@@ -108,6 +109,11 @@ class MergeSection(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="where merge math runs; auto = cuda when a GPU is visible"
     )
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="local = merges one after another in this process; ray = one cluster task per merge "
+        "(a GPU each when the cluster has them; settings under 'cluster:')",
+    )
     lazy_unpickle: bool = Field(default=True, description="load tensors lazily to save memory")
     low_cpu_memory: bool = Field(default=False, description="keep results on the GPU (needs VRAM)")
     shard_size: str = Field(default="5B", description="output shard size, e.g. 2B, 500M")
@@ -186,6 +192,9 @@ class PipelineConfig(_Strict):
     )
     holmes: HolmesSection = Field(default_factory=HolmesSection, description="Holmes probing (section `holmes`)")
     hub: HubSection = Field(default_factory=HubSection, description="Hub publishing (section `hub`)")
+    cluster: ClusterSection = Field(
+        default_factory=ClusterSection, description="Ray cluster, when an executor is ray (section `cluster`)"
+    )
 
     @field_validator("run")
     @classmethod

@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from mergepipe.core.locks import this_host
+
 
 @dataclass
 class Launch:
@@ -41,9 +43,18 @@ class Handle:
     started: float = field(default_factory=time.monotonic)
     native: Any = None  # executor-specific (a Popen for local subprocesses)
     log_file: IO[str] | None = None
+    node: str = ""  # where the job runs, once known (shown in progress lines and the summary)
 
 
 class Executor(ABC):
+    name = "executor"
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Checks before the first job starts (a cluster checks its shared storage here)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release what the executor holds once every job has ended."""
+
     @abstractmethod
     def start(self, launch: Launch) -> Handle:
         """Start the command; return at once."""
@@ -59,6 +70,8 @@ class Executor(ABC):
 
 class LocalSubprocessExecutor(Executor):
     """One subprocess per job in its own process group, stdout and stderr to the job's log file."""
+
+    name = "local"
 
     def start(self, launch: Launch) -> Handle:
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +94,7 @@ class LocalSubprocessExecutor(Executor):
             log.write(f"=== could not start: {exc}\n")
             log.close()
             raise
-        return Handle(launch=launch, native=proc, log_file=log)
+        return Handle(launch=launch, native=proc, log_file=log, node=this_host())
 
     def poll(self, handle: Handle) -> int | None:
         code = handle.native.poll()

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from mergepipe.config import HarnessSettings, HolmesSection
 from mergepipe.config.evaluate import HOLMES_SUITE
 from mergepipe.core.atomic import write_text
+from mergepipe.core.locks import FileLock
 from mergepipe.errors import ConfigError
 
 
@@ -67,6 +68,12 @@ class HarnessJobSpec(_Spec):
 
         return find_finished(self.results_dir / self.model.model_id / self.suite, self.settings_hash) is not None
 
+    def lock(self) -> FileLock:
+        from mergepipe.evaluate.harness.results import results_lock_file
+
+        return FileLock(results_lock_file(self.results_dir / self.model.model_id, self.suite),
+                        f"evaluating {self.model.model_id} on {self.suite}")
+
     def run(self) -> None:
         from mergepipe.evaluate.harness.run import run_harness
 
@@ -105,12 +112,22 @@ class ProbeJobSpec(_Spec):
         folder = self.results_dir / self.model.model_id
         return self.marker.is_file() and any(folder.glob("results_*.csv"))
 
+    def lock(self) -> FileLock:
+        return FileLock(self.results_dir / self.model.model_id / ".holmes.lock",
+                        f"probing {self.model.model_id}")
+
     def run(self) -> None:
+        from mergepipe.evaluate.harness.results import waiting_for
         from mergepipe.evaluate.holmes.probe import probe_model
 
-        probe_model(self)
-        # Written only after every dataset succeeded: it is what makes the job skippable.
-        write_text(self.marker, self.settings_hash + "\n")
+        # One writer per model's Holmes results, across runs and hosts: a second run waits, then reuses.
+        with waiting_for(self.lock(), f"Holmes results of {self.model.model_id}"):
+            if self.is_finished():
+                print(f"skip: {self.model.model_id}/holmes already probed with these settings", flush=True)
+                return
+            probe_model(self)
+            # Written only after every dataset succeeded: it is what makes the job skippable.
+            write_text(self.marker, self.settings_hash + "\n")
 
 
 JobSpec = Annotated[HarnessJobSpec | ProbeJobSpec, Field(discriminator="kind")]

@@ -80,10 +80,12 @@ def plan_evaluation(
     models: list[str] | None = None,
     suites: list[str] | None = None,
     section: EvaluateSection | None = None,
+    slots: list[Slot] | None = None,
 ) -> EvaluationPlan:
     """Validate everything and build the job list; raises a one-line error on bad input.
 
-    ``section`` replaces ``config.evaluate`` (the command line's overrides applied to it).
+    ``section`` replaces ``config.evaluate`` (the command line's overrides applied to it);
+    ``slots`` replaces this machine's GPU / CPU slots (a cluster executor's).
     """
     section = section or config.evaluate
     wanted_suites = list(section.suites) if suites is None else list(suites)
@@ -95,7 +97,7 @@ def plan_evaluation(
     harness_suites = [s for s in wanted_suites if s != HOLMES_SUITE] if section.do_harness else []
     if not harness_suites and not do_holmes:
         raise MergepipeError("nothing to evaluate: harness and holmes are both off (or no suite selected)")
-    slots = make_slots(section.device, section.jobs, section.gpus)
+    slots = slots or make_slots(section.device, section.jobs, section.gpus)
     out = config.outputs
     check_writable(out.logs, "log dir")
     log_dir = out.logs / config.run / "evaluate"

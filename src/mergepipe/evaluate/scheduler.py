@@ -44,9 +44,10 @@ POLL_SECONDS = 0.1
 class Slot:
     """Where one job runs at a time: a GPU, or a share of the CPU."""
 
-    name: str  # gpu0 / cpu1
+    name: str  # gpu0 / cpu1 / ray-gpu0
     env: dict[str, str]
-    device: str  # what the job should use: "cuda" or "cpu"
+    device: str  # what the job should use: "cuda", "cpu", or "auto" (a cluster slot: what the node has)
+    resources: dict[str, float] = field(default_factory=dict)  # what a cluster task asks for
 
 
 def make_slots(device: str = "auto", jobs: int = 1, gpus: list[int] | None = None) -> list[Slot]:
@@ -93,6 +94,10 @@ class Job(ABC):
     def is_finished(self) -> bool:
         """True when this job's complete results (for its current settings) exist."""
 
+    def busy_elsewhere(self) -> bool:
+        """True while another process (another run, another host) writes this job's results."""
+        return False
+
 
 class SpecJob(Job):
     """A job described by a validated spec (:mod:`mergepipe.evaluate.jobs`): the spec is the job.
@@ -120,6 +125,9 @@ class SpecJob(Job):
 
     def is_finished(self) -> bool:
         return self.spec.is_finished()
+
+    def busy_elsewhere(self) -> bool:
+        return self.spec.lock().holder() is not None
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -183,7 +191,10 @@ class JobResult:
     reference: str
     status: str  # done | failed | skipped | not-retried | interrupted | not-started
     slot: str | None = None
+    node: str | None = None
     seconds: float | None = None
+    submitted_at: float | None = None  # epoch seconds: handed to the executor
+    noticed_at: float | None = None  # epoch seconds: its end seen by the scheduler
     returncode: int | None = None
     log: str | None = None
     reason: str | None = None
@@ -210,10 +221,11 @@ class RunSummary:
         return not self.failed
 
     def table(self) -> str:
-        rows = [("model", "suite", "status", "slot", "time", "log")]
+        rows = [("model", "suite", "status", "slot", "node", "time", "log")]
         for r in self.results:
             rows.append((r.model_id, r.suite, r.status + (f" ({r.reason})" if r.reason else ""),
-                         r.slot or "-", _clock(r.seconds) if r.seconds is not None else "-", r.log or "-"))
+                         r.slot or "-", r.node or "-", _clock(r.seconds) if r.seconds is not None else "-",
+                         r.log or "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)) + "  " + row[-1]
                  for row in rows]
@@ -312,11 +324,19 @@ def run_jobs(
     try:
         while queue or running:
             while queue and free:
-                job, slot = queue.popleft(), free.pop(0)
-                launch = Launch(job.command(slot, log_dir), dict(slot.env), log_dir / f"{job.key}.log",
-                                job=job, slot=slot)
+                job = _next_job(queue, idle=not running)
+                if job is None:  # every queued job is being written by another run right now
+                    break
                 res = results[job.key]
                 progress.counts["queued"] -= 1
+                if job.is_finished():  # another run finished it meanwhile: reuse, do not redo
+                    res.status, res.reason = "skipped", "finished by another run"
+                    progress.counts["skipped"] += 1
+                    progress.event(f"skip {job.key}: finished by another run")
+                    continue
+                slot = free.pop(0)
+                launch = Launch(job.command(slot, log_dir), dict(slot.env), log_dir / f"{job.key}.log",
+                                job=job, slot=slot)
                 try:
                     running[job.key] = (job, slot, executor.start(launch))
                 except OSError as exc:  # the command itself could not start: fail this job only
@@ -325,10 +345,11 @@ def run_jobs(
                     progress.counts["failed"] += 1
                     progress.event(f"FAILED {job.key} ({res.reason})")
                     continue
-                res.status, res.slot = "running", slot.name
+                res.status, res.slot, res.submitted_at = "running", slot.name, time.time()
                 progress.counts["running"] += 1
                 progress.event(f"start {job.key} on {slot.name}")
                 save_state()
+            dispatched_none = bool(queue and free)
             for key in list(running):
                 job, slot, handle = running[key]
                 code = executor.poll(handle)
@@ -336,10 +357,12 @@ def run_jobs(
                     continue
                 del running[key]
                 free.append(slot)
+                results[key].node = handle.node or None
+                results[key].noticed_at = time.time()
                 _finish(job, results[key], code, time.monotonic() - handle.started, progress)
                 save_state()
             progress.refresh()
-            if running:
+            if running or dispatched_none:
                 time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         interrupted = True
@@ -367,6 +390,16 @@ class Interrupted(KeyboardInterrupt):
         self.summary = summary
 
 
+def _next_job(queue: deque[Job], idle: bool) -> Job | None:
+    """The first queued job nobody else is writing right now, or None. When nothing of ours is
+    running either (``idle``), the first job goes anyway: it waits for the other writer itself."""
+    for job in list(queue):
+        if not job.busy_elsewhere():
+            queue.remove(job)
+            return job
+    return queue.popleft() if idle and queue else None
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -380,7 +413,7 @@ def _finish(job: Job, res: JobResult, code: int, seconds: float, progress: Progr
     if code == 0 and job.is_finished():
         res.status, res.reason = "done", None
         progress.counts["done"] += 1
-        progress.event(f"done {job.key} in {_clock(seconds)}")
+        progress.event(f"done {job.key} in {_clock(seconds)}" + (f" on {res.node}" if res.node else ""))
         return
     if code == 0:
         reason = "exited 0 but wrote no complete results"
@@ -391,4 +424,5 @@ def _finish(job: Job, res: JobResult, code: int, seconds: float, progress: Progr
         reason = f"exit {code}: {reason}" if reason else f"exit {code}"
     res.status, res.reason = "failed", reason
     progress.counts["failed"] += 1
-    progress.event(f"FAILED {job.key} ({reason}); log: {res.log}")
+    where = f" on {res.node}" if res.node else ""
+    progress.event(f"FAILED {job.key}{where} ({reason}); log: {res.log}")

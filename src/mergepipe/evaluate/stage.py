@@ -30,10 +30,20 @@ def evaluate_config(
     :class:`StageFailed` (exit code 1) after the summary when any job failed, unless
     ``raise_on_failure`` is False. ``executor`` replaces the local subprocess launcher.
     """
-    plan = plan_evaluation(config, models=models, suites=suites, section=section)
+    section = section or config.evaluate
+    slots = None
+    if executor is None and section.executor == "ray":
+        from mergepipe.evaluate.ray_executor import RayExecutor
+
+        executor = RayExecutor(config, section)
+        print(f"evaluate: {executor.describe()}", flush=True)
+        slots = executor.slots()
+    plan = plan_evaluation(config, models=models, suites=suites, section=section, slots=slots)
     print(f"evaluate: {len(plan.models)} model(s), {len(plan.jobs)} job(s) on "
           f"{len(plan.slots)} slot(s) ({', '.join(s.name for s in plan.slots)}); logs in {plan.log_dir}",
           flush=True)
+    if executor is not None:
+        executor.prepare()  # e.g. the cluster's shared-storage check: before any job starts
     try:
         summary = run_jobs(list(plan.jobs), plan.slots, plan.log_dir, retry_failed=retry_failed,
                            progress=progress, executor=executor)

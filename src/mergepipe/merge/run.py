@@ -46,6 +46,7 @@ class MergeOutcome:
     output_dir: Path
     wall_seconds: float = 0.0
     error: str | None = None
+    node: str | None = None  # the cluster node it ran on (merge.executor: ray)
 
 
 def prepare(config: PipelineConfig, offline_ok: bool = False) -> tuple[list[PlannedMerge], int]:
@@ -142,6 +143,10 @@ def run_merges(
     keep_going: bool = True,
     report: Callable[[str], None] = print,
 ) -> list[MergeOutcome]:
+    if config.merge.executor == "ray":
+        from mergepipe.merge.ray_merge import run_merges_on_ray
+
+        return run_merges_on_ray(config, plans, force=force, report=report)
     device = choose_device(config.merge.device, "merge.device")
     outcomes = []
     for i, plan in enumerate(plans, 1):

@@ -11,16 +11,19 @@ an interrupted job never leaves a results file behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mergepipe import __version__
 from mergepipe.config import HarnessSettings
 from mergepipe.core.atomic import remove_stale_temporaries
+from mergepipe.core.locks import FileLock
 
 RESULTS_GLOB = "results_*.json"
 SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,95}$")
@@ -52,6 +55,30 @@ def find_finished(suite_dir: Path, job_hash: str) -> Path | None:
         if isinstance(data, dict) and (data.get("mergepipe") or {}).get("settings_hash") == job_hash:
             return path
     return None
+
+
+def results_lock_file(model_dir: Path, suite: str) -> Path:
+    return Path(model_dir) / f".{suite}.lock"
+
+
+def results_lock(model_dir: Path, suite: str, model_id: str) -> contextlib.AbstractContextManager[FileLock]:
+    """The lock a job holds while it writes ``<model-id>/<suite>/`` (waits for another holder)."""
+    lock = FileLock(results_lock_file(model_dir, suite), f"evaluating {model_id} on {suite}")
+    return waiting_for(lock, f"results of {model_id}/{suite}")
+
+
+@contextlib.contextmanager
+def waiting_for(lock: FileLock, what: str) -> Iterator[FileLock]:
+    """Hold ``lock``, waiting as long as a live holder works on it (said once, with its name)."""
+    if not lock.try_acquire():
+        holder = lock.holder()
+        print(f"waiting: {what} are being written by {holder.describe() if holder else 'another job'}",
+              flush=True)
+        lock.acquire(timeout=None, what=what)
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def remove_incomplete(model_dir: Path, suite_dir: Path) -> list[Path]:

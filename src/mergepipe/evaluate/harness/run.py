@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mergepipe.config import HarnessSettings
-from mergepipe.core.atomic import TMP_MARK
+from mergepipe.core.atomic import temp_name
 from mergepipe.core.devices import choose_device
+from mergepipe.core.locks import this_host
 from mergepipe.core.paths import check_writable
 from mergepipe.core.records import ModelInfo
 from mergepipe.errors import MergepipeError
@@ -30,6 +31,7 @@ from mergepipe.evaluate.harness.results import (
     default_suite_name,
     find_finished,
     remove_incomplete,
+    results_lock,
     scores_of,
     settings_hash,
     versions,
@@ -98,35 +100,37 @@ def run_harness(
     suite_dir = model_dir / suite
     info = ModelInfo.describe(prepared.model_id, prepared.reference, prepared.local_dir, role=role, run=run)
 
-    done = None if force else find_finished(suite_dir, job_hash)
-    if done is not None:
-        info.write(results_dir)
-        print(f"skip: {prepared.model_id}/{suite} already evaluated with these settings ({done.name})")
-        return HarnessOutcome(prepared.model_id, suite, "skipped", done, scores_of(done))
+    # One writer per model and suite, across runs and hosts: a second run waits, then reuses.
+    with results_lock(model_dir, suite, prepared.model_id):
+        done = None if force else find_finished(suite_dir, job_hash)
+        if done is not None:
+            info.write(results_dir)
+            print(f"skip: {prepared.model_id}/{suite} already evaluated with these settings ({done.name})")
+            return HarnessOutcome(prepared.model_id, suite, "skipped", done, scores_of(done))
 
-    selection = select_tasks(tasks, include_paths_for(include_paths))
-    remove_incomplete(model_dir, suite_dir)
-    device = choose_device(device, "--device")
-    print(
-        f"evaluating {prepared.reference} as {prepared.model_id} on {', '.join(tasks)} "
-        f"(suite {suite}, backend {settings.backend}, device {device}, dtype {settings.dtype}, "
-        f"batch size {settings.batch_size}, fewshot {settings.num_fewshot}, "
-        f"chat template {'on' if settings.apply_chat_template else 'off'}, limit {settings.lm_eval_limit()}, "
-        f"seeds {list(settings.seeds)})",
-        flush=True,
-    )
-    staging = model_dir / f".{suite}{TMP_MARK}{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        start = time.perf_counter()
-        tracker = _tracker(staging)
-        results, samples = _evaluate(prepared, tasks, settings, selection, device, tracker)
-        wall = time.perf_counter() - start
-        results["mergepipe"] = _record(prepared, suite, tasks, job_hash, settings, device, selection, wall)
-        final = _write_results(tracker, results, samples, staging, suite_dir)
-    finally:
+        selection = select_tasks(tasks, include_paths_for(include_paths))
+        remove_incomplete(model_dir, suite_dir)
+        device = choose_device(device, "--device")
+        print(
+            f"evaluating {prepared.reference} as {prepared.model_id} on {', '.join(tasks)} "
+            f"(suite {suite}, backend {settings.backend}, device {device}, dtype {settings.dtype}, "
+            f"batch size {settings.batch_size}, fewshot {settings.num_fewshot}, "
+            f"chat template {'on' if settings.apply_chat_template else 'off'}, limit {settings.lm_eval_limit()}, "
+            f"seeds {list(settings.seeds)})",
+            flush=True,
+        )
+        staging = model_dir / temp_name(suite)
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            start = time.perf_counter()
+            tracker = _tracker(staging)
+            results, samples = _evaluate(prepared, tasks, settings, selection, device, tracker)
+            wall = time.perf_counter() - start
+            results["mergepipe"] = _record(prepared, suite, tasks, job_hash, settings, device, selection, wall)
+            final = _write_results(tracker, results, samples, staging, suite_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     info.write(results_dir)
     _print_table(results)
     print(f"results: {final}", flush=True)
@@ -156,6 +160,8 @@ def _record(prepared: PreparedModel, suite: str, tasks: list[str], job_hash: str
         "seeds": {"python": settings.seeds[0], "numpy": settings.seeds[1], "torch": settings.seeds[2],
                   "fewshot": settings.seeds[3]},
         "device": device,
+        "host": this_host(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "builtin_tasks_indexed": selection.uses_builtin,
         "wall_seconds": round(wall, 3),
         **versions(),

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from mergepipe.core.atomic import temp_sibling
 from mergepipe.core.devices import choose_device
 from mergepipe.errors import ModelError
 from mergepipe.evaluate.holmes.data import HolmesDataset, Sample
@@ -172,7 +173,7 @@ def encode_dataset(lm: LoadedModel, ds: HolmesDataset, layer: int, batch_size: i
     feats = torch.stack([_features(ds, s, pooled, lm.sep) for s in ds.samples]).contiguous()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temp_sibling(path)
         torch.save(feats, tmp)
         os.replace(tmp, path)
     return feats
