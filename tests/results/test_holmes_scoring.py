@@ -126,3 +126,36 @@ def test_mapping_resolution(tmp_path: Path) -> None:
     assert load_mapping(data / "mapping.csv")["competence"].tolist() == ["syntax"]
     with pytest.raises(MergepipeError, match=r"holmes\.mapping_csv: file not found"):
         resolve_mapping_csv(tmp_path / "nope.csv", data)
+
+
+def test_several_control_types_follow_one_rule_everywhere(tmp_path: Path) -> None:
+    """Per model and dataset one control type, the same for every seed, in every table."""
+    from mergepipe.results.holmes_scoring import chosen_controls
+    from mergepipe.results.tables import organize
+
+    root = tmp_path / "holmes_results"
+    rows = (_rows("m", "d1", [0.8, 0.9]) + _rows("m", "d1", [0.5, 0.3], "RANDOMIZATION")
+            + _rows("m", "d1", [0.7, 0.7], "PERMUTATION")  # ignored: RANDOMIZATION comes first
+            + _rows("m", "d2", [0.6, 0.6]) + _rows("m", "d2", [0.2, 0.4], "RANDOM_WEIGHTS")
+            + _rows("m", "d2", [0.1, 0.1], "PERMUTATION"))  # chosen: no RANDOMIZATION here
+    _write(root, "m", rows)
+    chosen = chosen_controls(read_results(root)).set_index("probing_dataset")["control_task_type"]
+    assert chosen.to_dict() == {"d1": "RANDOMIZATION", "d2": "PERMUTATION"}
+
+    sel = selectivity(dataset_scores(read_results(root))).set_index("probing_dataset")
+    assert sel.loc["d1", "control_score"] == pytest.approx(0.4) and sel.loc["d1", "selectivity"] == pytest.approx(0.45)
+    assert sel.loc["d2", "control_score"] == pytest.approx(0.1) and sel.loc["d2", "selectivity"] == pytest.approx(0.5)
+
+    mapping = tmp_path / "mapping.csv"
+    mapping.write_text("probing dataset,linguistic subfield\nd1,syntax\nd2,syntax\n")
+    tables = organize(tmp_path / "none", root, tmp_path / "out", mapping_csv=mapping).tables
+    per_seed = tables.holmes.set_index(["probing_dataset", "seed"])
+    assert per_seed.loc[("d1", 1), "control_task_type"] == "RANDOMIZATION"
+    assert per_seed.loc[("d1", 1), "control_score"] == pytest.approx(0.3)
+    assert per_seed.loc[("d2", 0), "control_task_type"] == "PERMUTATION"
+    assert per_seed.loc[("d2", 0), "selectivity"] == pytest.approx(0.5)
+    comp = tables.competences.set_index("competence")
+    # The per-competence table and the per-seed table agree: the same control scores.
+    assert comp.loc["syntax", "mean_control_score"] == pytest.approx(0.25)
+    assert comp.loc["syntax", "mean_control_score"] == pytest.approx(tables.holmes["control_score"].mean())
+    assert comp.loc["syntax", "mean_selectivity"] == pytest.approx(0.475)

@@ -130,3 +130,46 @@ def test_report_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None
     n_png = len(list((report / "plots").glob("*.png")))
     assert len(probe["images"]) == n_png
     assert all(img["complete"] and img["width"] > 100 for img in probe["images"]), probe["images"]
+
+
+def _glance_tables():
+    import pandas as pd
+
+    from mergepipe.results.tables import Tables
+
+    summary = pd.DataFrame([
+        {"model_id": "base-0a1b2c3d", "role": "base", "merge_method": None, "merge_parameters": None,
+         "run": "r", "t_gain": 0.2, "t_flat": 0.9},
+        {"model_id": "expA-11111111", "role": "expert", "merge_method": None, "merge_parameters": None,
+         "run": "r", "t_gain": 0.8, "t_flat": 0.5},
+        {"model_id": "expB-22222222", "role": "expert", "merge_method": None, "merge_parameters": None,
+         "run": "r", "t_gain": 0.6, "t_flat": 0.4},
+        {"model_id": "ties-density0.3-1a2b3c4d", "role": "merged", "merge_method": "ties",
+         "merge_parameters": json.dumps({"density": 0.3, "weight": [1.0, 0.5]}), "run": "r",
+         "t_gain": 0.9, "t_flat": 0.95},
+    ])
+    meta = pd.DataFrame([{"column": c, "task": c, "group": None, "metric": "acc", "filter": "none",
+                          "higher_is_better": True, "is_group": False} for c in ("t_gain", "t_flat")])
+    return Tables(harness=pd.DataFrame(columns=["task", "metric", "filter", "model_id", "stderr", "evaluated_at"]),
+                  holmes=pd.DataFrame(), competences=pd.DataFrame(), summary=summary, summary_metrics=meta)
+
+
+def test_merged_models_read_at_a_glance() -> None:
+    from mergepipe.results.plots import outcome_table
+    from mergepipe.results.report import model_details, render_html
+
+    tables = _glance_tables()
+    headers, _, cells, _ = leaderboard(tables)
+    merged = cells[3]
+    # The readable name, the method alone; the parameters go to a short second line, not a JSON blob.
+    assert merged[0] == "ties-density0.3" and merged[2] == "ties"
+    assert model_details(tables)[3] == "density 0.3 · weight 1/0.5 · ties-density0.3-1a2b3c4d"
+    # Only tasks some expert does better than the base count for merged-vs-experts.
+    outcomes = outcome_table(tables)
+    assert outcomes["task"].tolist() == ["t_gain"] and outcomes["outcome"].tolist() == ["better than both"]
+    from mergepipe.core.records import RunSummary
+
+    html = render_html(tables, Path("/nonexistent"), RunSummary(), "")
+    assert "<div class='scroll'><table>" in html and "overflow-x:auto" in html
+    assert "<span class='detail'>density 0.3 · weight 1/0.5 · ties-density0.3-1a2b3c4d</span>" in html
+    assert '{"density"' not in html and "&quot;density&quot;" not in html

@@ -19,10 +19,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mergepipe.config import HarnessSettings, HolmesSection
 from mergepipe.config.evaluate import HOLMES_SUITE
+from mergepipe.config.load import format_validation_error
 from mergepipe.core.atomic import write_text
 from mergepipe.core.locks import FileLock
 from mergepipe.errors import ConfigError
@@ -131,7 +132,6 @@ class ProbeJobSpec(_Spec):
 
 
 JobSpec = Annotated[HarnessJobSpec | ProbeJobSpec, Field(discriminator="kind")]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
 
 
 def write_spec(spec: HarnessJobSpec | ProbeJobSpec, path: Path) -> Path:
@@ -149,14 +149,19 @@ def read_spec(path: Path) -> HarnessJobSpec | ProbeJobSpec:
 
 
 def parse_spec(text: str | dict[str, Any], where: str = "job spec") -> HarnessJobSpec | ProbeJobSpec:
+    """A job spec from JSON text or a dict; errors in the config's one-line format, naming ``where``."""
     try:
-        if isinstance(text, str):
-            return _ADAPTER.validate_json(text)
-        return _ADAPTER.validate_python(text)
+        data = json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    kinds = {"harness": HarnessJobSpec, "holmes": ProbeJobSpec}
+    model = kinds.get(data.get("kind")) if isinstance(data, dict) else None
+    if model is None:
+        raise ConfigError(f"{where}: kind: expected one of {', '.join(kinds)}")
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{where}: {loc or 'spec'}: {err['msg']}") from None
+        raise ConfigError(format_validation_error(exc, model, where, f"{data['kind']}.")) from None
 
 
 def run_job(spec: HarnessJobSpec | ProbeJobSpec) -> None:

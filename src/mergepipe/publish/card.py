@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mergepipe.core.atomic import write_text
+from mergepipe.core.plugins import registry
 from mergepipe.core.records import MergeRecord
 from mergepipe.results.tables import COMPETENCES_CSV, HARNESS_CSV
 
@@ -65,9 +66,9 @@ def input_refs(record: dict[str, Any]) -> list[str]:
 
 
 def hub_id_of(ref: str) -> str | None:
-    """The Hub repository id of a reference, or None for local directories and zoo:// models."""
+    """The Hub repository id of a reference, or None for local directories and plugin models (zoo://)."""
     path = ref.split("@", 1)[0]
-    if path.startswith(("zoo://", ".", "/", "~")) or Path(path).expanduser().exists():
+    if registry().scheme_for(path) is not None or path.startswith((".", "/", "~")) or Path(path).expanduser().exists():
         return None
     return path if HUB_ID_RE.match(path) else None
 
