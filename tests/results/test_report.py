@@ -159,7 +159,7 @@ def test_merged_models_read_at_a_glance() -> None:
     from mergepipe.results.report import model_details, render_html
 
     tables = _glance_tables()
-    headers, _, cells, _ = leaderboard(tables)
+    _, _, cells, _ = leaderboard(tables)
     merged = cells[3]
     # The readable name, the method alone; the parameters go to a short second line, not a JSON blob.
     assert merged[0] == "ties-density0.3" and merged[2] == "ties"
