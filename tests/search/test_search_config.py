@@ -129,3 +129,37 @@ def test_a_changed_search_refuses_to_resume_and_a_held_study_is_refused(tmp_path
     with study_lock(study_dir(config)), pytest.raises(MergepipeError, match="is already running \\(pid "), \
             study_lock(study_dir(config)):
         pass
+
+
+def test_dry_run_prints_the_space_split_and_study_and_runs_nothing(tmp_path, zoo, capsys):
+    from mergepipe.cli import main
+
+    path = write(tmp_path, {"methods": [SPACE, {"name": "dare_ties", "space": {"weight": [0.5, 1.0]}}],
+                            "tune": ["zoo_inc"], "report": ["zoo_inc_mc"], "trials": 6})
+    assert main(["search", "--config", str(path), "--dry-run", "--trials", "8", "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "search s-search: 8 candidate(s) of ties, dare_ties (sampler tpe), 2 per round" in out
+    assert "space ties: density in [0.2, 0.9]" in out and "space dare_ties: weight one of [0.5, 1.0]" in out
+    assert "report tasks (never seen by the search): zoo_inc_mc" in out
+    assert not (tmp_path / "merged_models").exists() and not (tmp_path / "search").exists()
+    assert main(["search", "--config", str(path), "--dry-run", "--trials", "0"]) == 2
+    assert "--trials: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_two_objectives_give_the_pareto_front_best_on_the_tune_objective_first():
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from mergepipe.search.run import best_trials
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for score, seconds in [(0.5, 1.0), (0.7, 3.0), (0.6, 0.5), (0.4, 2.0)]:
+        study.add_trial(optuna.trial.create_trial(params={"density": 0.5},
+                                                  distributions={"density": FloatDistribution(0.1, 0.9)},
+                                                  values=[score, seconds]))
+    front = best_trials(study, multi=True)
+    assert [t.values for t in front] == [[0.7, 3.0], [0.6, 0.5]]  # (0.5, 1.0) and (0.4, 2.0) are dominated
+    single = optuna.create_study(direction="maximize")
+    for score in (0.5, 0.7, 0.7):
+        single.add_trial(optuna.trial.create_trial(params={}, distributions={}, values=[score]))
+    assert [t.number for t in best_trials(single, multi=False)] == [1]  # the first to reach the best
