@@ -17,7 +17,7 @@ LAYERS = {
     "config": 1,
     "core": 2,
     "merge": 3, "evaluate": 3, "results": 3, "publish": 3, "zoo": 3,
-    "pipeline": 4,
+    "pipeline": 4, "search": 4,
     "commands": 5, "cli": 5, "__main__": 5,
 }
 

@@ -21,6 +21,7 @@ from mergepipe.errors import MergepipeError
 COMMAND_MODULES = [
     "mergepipe.commands.run",
     "mergepipe.commands.merge",
+    "mergepipe.commands.search",
     "mergepipe.commands.evaluate",
     "mergepipe.commands.eval_harness",
     "mergepipe.commands.job",

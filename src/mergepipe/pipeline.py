@@ -67,7 +67,8 @@ def describe_plan(v: Validated) -> list[str]:
     lines = [f"run {config.run}: {len(v.plans)} merge(s), {len(todo)} to do, {size}"]
     for plan in v.plans:
         state = "up to date" if plan.is_complete() else "to merge"
-        lines.append(f"  merge {plan.name:26s} {plan.method.name:18s} {state}")
+        note = plan.note()
+        lines.append(f"  merge {plan.name:26s} {plan.method.name:18s} {state}" + (f"  ({note})" if note else ""))
     remote = sorted({r for p in v.plans for r in p.unavailable})
     if remote:
         lines.append(f"  not available locally (downloaded when the run starts; not yet checked): {', '.join(remote)}")

@@ -25,6 +25,7 @@ NOTEBOOKS = {  # notebook -> the figures it must write
     "Correlation_holmes_harness": ["correlation_holmes_harness"],
     "Other_harness_plots": ["merge_outcomes", "parameter_sweeps"],
     "Other_holmes_plots": ["holmes_datasets"],
+    "Search_plots": ["search_trajectory", "parameter_sweeps"],
 }
 
 
@@ -45,6 +46,24 @@ def organized(demo) -> Path:
     out = demo.root / "organized_results"
     code = cli_main(["organize", *source_args(demo), "--out", str(out)])
     assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def organized_with_search(organized: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's organized results plus a small search study, written by the search tables' owner
+    (the real zoo search runs in tests/search/test_search_zoo.py)."""
+    import shutil
+
+    from tests.results.test_search_plots import search_results
+
+    out = tmp_path_factory.mktemp("with_search") / "organized"
+    shutil.copytree(organized, out)
+    from mergepipe.results.search_table import SUMMARY_JSON, TRIALS_CSV
+
+    scratch = search_results(tmp_path_factory.mktemp("search") / "organized")
+    for name in (TRIALS_CSV, SUMMARY_JSON):
+        shutil.copy(scratch / name, out / name)
     return out
 
 
@@ -96,13 +115,14 @@ def test_notebooks_are_committed_clean_and_generic(demo) -> None:
 
 
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
-def test_notebook_executes_and_writes_figures(name: str, organized: Path, tmp_path: Path,
-                                              kernel_here: None) -> None:
+def test_notebook_executes_and_writes_figures(name: str, organized: Path, organized_with_search: Path,
+                                              tmp_path: Path, kernel_here: None) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.read(PLOTTING / f"{name}.ipynb", as_version=4)
     plots_dir = tmp_path / "plots"
-    inject_parameters(nb, results_dir=str(organized), plots_dir=str(plots_dir))
+    results = organized_with_search if name == "Search_plots" else organized
+    inject_parameters(nb, results_dir=str(results), plots_dir=str(plots_dir))
     client = NotebookClient(nb, timeout=180, kernel_name="python3",
                             resources={"metadata": {"path": str(PLOTTING)}})
     client.execute()

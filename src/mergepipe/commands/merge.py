@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"run {config.run}: {len(plans)} merge(s), about {per_merge / 2**20:.1f} MiB each")
         for plan in plans:
             state = "up to date" if plan.is_complete() else "to merge"
-            print(f"  {plan.name:28s} {plan.method.name:18s} {state:10s} -> {plan.output_dir}")
+            note = plan.note()
+            print(f"  {plan.name:28s} {plan.method.name:18s} {state:10s} -> {plan.output_dir}"
+                  + (f"  ({note})" if note else ""))
         return 0
     with holding_run(config.outputs.logs, config.run, "mergepipe merge"):
         outcomes = run_merges(config, plans, force=args.force)

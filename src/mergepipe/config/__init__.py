@@ -26,7 +26,9 @@ from mergepipe.config.schema import (
     ModelRef,
     OutputsSection,
     PipelineConfig,
+    SweepRange,
 )
+from mergepipe.config.search import SearchMethod, SearchParameter, SearchSection
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -42,6 +44,10 @@ __all__ = [
     "ModelRef",
     "OutputsSection",
     "PipelineConfig",
+    "SearchMethod",
+    "SearchParameter",
+    "SearchSection",
+    "SweepRange",
     "apply_overrides",
     "build_config",
     "env_overrides",

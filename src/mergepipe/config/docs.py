@@ -50,6 +50,27 @@ def table(model: type[BaseModel], prefix: str = "") -> list[str]:
     return rows
 
 
+_VALUE_ROWS = [  # (written, means, reaches mergekit as)
+    ("parameters: {t: 0.5}", "one value", "`parameters: {t: 0.5}`"),
+    ("parameters: {t: [0.0, 0.5, 1.0]}", "a shared parameter: mergekit's per-layer gradient, interpolated "
+     "across the layers", "unchanged"),
+    ("parameters: {t: [{filter: self_attn, value: [0, 1]}, {value: 0.5}]}", "values per tensor-name filter",
+     "unchanged"),
+    ("parameters: {weight: [1.0, 0.5]}", "a per-model parameter: one value per expert", "each model's `parameters`"),
+    ("parameters: {weight: [[1.0, 0.5], 0.7]}", "a per-layer gradient for the first expert, 0.7 for the second",
+     "each model's `parameters`"),
+    ("sweep: {density: [0.3, 0.5, 0.7], weight: {start: 0.5, stop: 1.0, step: 0.5}}",
+     "the grid: one merge per point (6 here), named `ties-density0.3-weight0.5`, ...", "one config per point"),
+]
+VALUES_TEXT = "\n".join([
+    "Parameter values, side by side (`parameters` keeps mergekit's meaning; a sweep is its own key):", "",
+    "| written | means | reaches mergekit as |", "| --- | --- | --- |",
+    *[f"| `{w}` | {m} | {k} |" for w, m, k in _VALUE_ROWS], "",
+    "`inputs: [first-stage, zoo://sort]` makes a merge of merges: a name of another merge of the run is that "
+    "merge's output (merged first; its hash is part of this merge's hash), anything else a model reference.",
+])
+
+
 def render() -> str:
     from mergepipe.config import (
         ClusterSection,
@@ -61,6 +82,10 @@ def render() -> str:
         ModelRef,
         OutputsSection,
         PipelineConfig,
+        SearchMethod,
+        SearchParameter,
+        SearchSection,
+        SweepRange,
     )
 
     sections: list[tuple[str, type[BaseModel], str, str]] = [
@@ -70,12 +95,20 @@ def render() -> str:
          "adapter directory (merged over `base_model`), or `zoo://base`, `zoo://<skill>`, `zoo://<skill>-lora`."),
         ("`merge`", MergeSection, "merge.", "How merges run."),
         ("An entry of `merge.methods`", MethodSpec, "",
-         "A string is shorthand for `{name: ...}` with default parameters; see `mergepipe methods`."),
+         "A string is shorthand for `{name: ...}` with default parameters; see `mergepipe methods`.\n\n"
+         + VALUES_TEXT),
+        ("A range in `sweep`", SweepRange, "", "`{start, stop, step}`: every value from start to stop by step."),
         ("`outputs`", OutputsSection, "outputs.", "Where outputs go (see the rule for relative paths above)."),
         ("`evaluate`", EvaluateSection, "evaluate.", "The evaluation stage (lm-eval harness and Holmes jobs)."),
         ("`holmes`", HolmesSection, "holmes.", "Holmes-style linguistic probing."),
         ("`cluster`", ClusterSection, "cluster.",
          "A Ray cluster, used when `merge.executor` or `evaluate.executor` is `ray` (docs/distributed.md)."),
+        ("`search`", SearchSection, "search.",
+         "Parameter search for `mergepipe search` (see docs/search.md). `tune` and `report` must not share "
+         "a task (also through groups and tags): a config that reports on tuned tasks is refused."),
+        ("An entry of `search.methods`", SearchMethod, "", "A method the search tries."),
+        ("A parameter in `search.methods[].space`", SearchParameter, "",
+         "A list is shorthand for `{choices: [...]}`."),
         ("`hub`", HubSection, "hub.",
          "Publishing to the Hugging Face Hub. The token comes only from `HF_TOKEN` or the login cache; "
          "a config containing a token is refused."),

@@ -15,17 +15,20 @@ that name paths follow the same rule. The only other root is the project folder,
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergepipe.config.cluster import ClusterSection
 from mergepipe.config.evaluate import EvaluateSection
 from mergepipe.config.holmes import HolmesSection
 from mergepipe.config.hub import HubSection
+from mergepipe.config.search import SearchSection
 from mergepipe.errors import did_you_mean
 
 DEFAULT_CONFIG = "pipeline.yaml"
@@ -68,15 +71,55 @@ class ModelRef(_Strict):
         return f"{self.path}@{self.revision}" if self.revision else self.path
 
 
+class SweepRange(_Strict):
+    """``{start, stop, step}``: the values start, start + step, ... up to stop (inclusive)."""
+
+    start: float = Field(description="first value")
+    stop: float = Field(description="last value (included when it lies on the step grid)")
+    step: float = Field(gt=0, description="distance between values (positive)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SweepRange:
+        if self.stop < self.start:
+            raise ValueError(f"stop {self.stop:g} is below start {self.start:g}")
+        if (self.stop - self.start) / self.step > MAX_SWEEP_POINTS:
+            raise ValueError(f"more than {MAX_SWEEP_POINTS} values from start {self.start:g} to stop "
+                             f"{self.stop:g} by step {self.step:g}")
+        return self
+
+    def values(self) -> list[float]:
+        count = math.floor((self.stop - self.start) / self.step + 1e-9) + 1
+        # Rounded, so 0.1 + 2 * 0.1 is 0.3 (a readable name, and the same hash on every machine).
+        return [round(self.start + i * self.step, 10) for i in range(count)]
+
+
+MAX_SWEEP_POINTS = 1000
+
+
 class MethodSpec(_Strict):
-    """One merge to make: a catalogue method and its parameters."""
+    """One merge to make: a catalogue method and its parameters (a sweep: one merge per point)."""
 
     name: str = Field(description="merge method name (see 'mergepipe methods')")
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description=(
-            "method parameters; per-model ones (weight, density, ...) take one value for every "
-            "expert or a list with one value per expert"
+            "method parameters, passed to mergekit; per-model ones (weight, density, ...) take one value "
+            "for every expert or a list with one value per expert; a shared one (slerp's t, ...) given "
+            "as a list is mergekit's per-layer gradient (see docs/configuration.md)"
+        ),
+    )
+    sweep: dict[str, list[Any] | SweepRange] | None = Field(
+        default=None,
+        description=(
+            "parameters to sweep: a list of values or {start, stop, step}; the grid over every swept "
+            "parameter becomes one merge per point, named <label or method>-<param><value>..."
+        ),
+    )
+    inputs: list[str] | None = Field(
+        default=None,
+        description=(
+            "the models this merge takes instead of `models`: earlier merges of the same run (by "
+            "name) and/or model references; makes a multi-stage merge"
         ),
     )
     label: str | None = Field(
@@ -96,6 +139,69 @@ class MethodSpec(_Strict):
         if value is not None and not NAME_RE.match(value):
             raise ValueError(f"label {value!r} must be letters, digits, '.', '_' or '-'")
         return value
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep_values(cls, value: Any) -> Any:
+        # One clear message per swept parameter, instead of one per member of the union.
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, Any] = {}
+        for key, values in value.items():
+            if isinstance(values, dict):
+                try:
+                    values = SweepRange.model_validate(values)
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    where = ".".join(str(p) for p in err["loc"])
+                    msg = str(err["msg"]).removeprefix("Value error, ")
+                    raise ValueError(f"sweep of {key!r}: {where + ': ' if where else ''}{msg}") from None
+            elif not isinstance(values, (list, SweepRange)):
+                raise ValueError(f"sweep of {key!r} must be a list of values or {{start, stop, step}}, "
+                                 f"got {values!r}")
+            out[key] = values
+        return out
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_ok(cls, value: dict[str, list[Any] | SweepRange] | None) -> dict[str, list[Any] | SweepRange] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("sweep is empty; name at least one parameter with its values")
+        for key, values in value.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"sweep of {key!r} lists no values")
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_ok(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("inputs is empty; name the merges or models this merge takes")
+            if any(not v.strip() for v in value):
+                raise ValueError("every input must be a non-empty merge name or model reference")
+        return value
+
+    @model_validator(mode="after")
+    def _swept_once(self) -> MethodSpec:
+        both = sorted(set(self.sweep or {}) & set(self.parameters))
+        if both:
+            raise ValueError(f"{both[0]!r} is both in parameters and in sweep; keep it in one of them")
+        return self
+
+    def points(self) -> list[dict[str, Any]]:
+        """The swept values of each merge this entry makes (``[{}]`` without a sweep), in grid order."""
+        if not self.sweep:
+            return [{}]
+        keys = list(self.sweep)
+        axes = [v.values() if isinstance(v, SweepRange) else list(v) for v in self.sweep.values()]
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
+
+    def at(self, point: dict[str, Any]) -> MethodSpec:
+        """This entry's merge at one sweep point: the point's values added to the parameters."""
+        return self.model_copy(update={"parameters": {**self.parameters, **point}, "sweep": None})
 
 
 class MergeSection(_Strict):
@@ -175,6 +281,9 @@ class OutputsSection(_Strict):
     holmes_results: Path = Field(default=Path("holmes_results"), description="probing results")
     organized_results: Path = Field(default=Path("organized_results"), description="tables and plots")
     logs: Path = Field(default=Path("logs"), description="one log file per job")
+    search: Path = Field(
+        default=Path("search_results"), description="search studies: <name>/study.db, trials and results"
+    )
 
 
 class PipelineConfig(_Strict):
@@ -194,6 +303,9 @@ class PipelineConfig(_Strict):
     hub: HubSection = Field(default_factory=HubSection, description="Hub publishing (section `hub`)")
     cluster: ClusterSection = Field(
         default_factory=ClusterSection, description="Ray cluster, when an executor is ray (section `cluster`)"
+    )
+    search: SearchSection = Field(
+        default_factory=SearchSection, description="parameter search (section `search`, for 'mergepipe search')"
     )
 
     @field_validator("run")
@@ -217,6 +329,11 @@ class PipelineConfig(_Strict):
     def resolve_paths(self, root: Path) -> PipelineConfig:
         """Every relative path of every section made absolute against ``root`` (the one rule)."""
         return _resolved(self, root)
+
+    @property
+    def search_name(self) -> str:
+        """The search study's name: ``search.name``, else ``<run>-search``."""
+        return self.search.name or f"{self.run}-search"
 
     def stable_hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)

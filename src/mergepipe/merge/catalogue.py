@@ -259,15 +259,45 @@ def resolve_parameters(
             if len(values) != n_experts:
                 raise ConfigError(
                     f"{where}.parameters.{p.name}: list has {len(values)} values but there are "
-                    f"{n_experts} experts"
+                    f"{n_experts} experts (one value per expert; an expert's value may itself be a "
+                    "per-layer gradient list)"
                 )
-            per_model[p.name] = [_check_value(method, p, v, n_experts, where) for v in values]
+            per_model[p.name] = [_check_setting(method, p, v, n_experts, where) for v in values]
         else:
-            if isinstance(value, list):
-                raise ConfigError(f"{where}.parameters.{p.name}: takes one value, not a list")
-            shared[p.name] = _check_value(method, p, value, n_experts, where)
+            # A list here is mergekit's own per-layer gradient (or filtered values): passed unchanged.
+            shared[p.name] = _check_setting(method, p, value, n_experts, where)
     _check_della(method, shared, per_model, where)
     return shared, per_model
+
+
+def _check_setting(method: MethodInfo, p: ParameterInfo, value: Any, k: int, where: str) -> Any:
+    """One mergekit parameter setting: a value, a per-layer gradient (a list of values, interpolated
+    across layers by mergekit) or a list of ``{filter, value}`` conditions; each value checked."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return _check_value(method, p, value, k, where)
+    field_name = f"{where}.parameters.{p.name}"
+    if not value:
+        raise ConfigError(f"{field_name}: an empty list is not a value")
+    if all(isinstance(v, dict) for v in value):
+        out = []
+        for cond in value:
+            unknown = sorted(set(cond) - {"filter", "value"})
+            if unknown or "value" not in cond:
+                raise ConfigError(f"{field_name}: a filtered value is {{filter: NAME, value: V}}, got {cond!r}")
+            if cond.get("filter") is not None and not isinstance(cond["filter"], str):
+                raise ConfigError(f"{field_name}: filter must be a tensor-name fragment, got {cond['filter']!r}")
+            inner = cond["value"]
+            if isinstance(inner, dict):
+                raise ConfigError(f"{field_name}: a filtered value cannot hold another filter")
+            checked = ([_check_value(method, p, v, k, where) for v in inner] if isinstance(inner, list)
+                       else _check_value(method, p, inner, k, where))
+            out.append({**cond, "value": checked})
+        return out
+    if any(isinstance(v, (dict, list)) for v in value):
+        raise ConfigError(f"{field_name}: a gradient is a flat list of values, got {value!r}")
+    return [_check_value(method, p, v, k, where) for v in value]
 
 
 def _check_value(method: MethodInfo, p: ParameterInfo, value: Any, k: int, where: str) -> Any:

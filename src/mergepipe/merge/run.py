@@ -33,6 +33,7 @@ from mergepipe.merge.plan import (
     mergekit_version,
     plan_merges,
     resolve_inputs,
+    resolve_stage_inputs,
 )
 from mergepipe.merge.preflight import run_preflight
 
@@ -55,9 +56,13 @@ def prepare(config: PipelineConfig, offline_ok: bool = False) -> tuple[list[Plan
     ``offline_ok`` (dry runs): Hub models that cannot be fetched now are planned unchecked.
     """
     check_methods(config)
-    base, experts = (None, []) if config.merge.raw_config is not None else resolve_inputs(config, offline_ok)
-    plans = plan_merges(config, (base, experts))
-    per_merge = run_preflight(config, plans, base, experts)
+    if config.merge.raw_config is not None:
+        base, experts, extra = None, [], {}
+    else:
+        base, experts = resolve_inputs(config, offline_ok)
+        extra = resolve_stage_inputs(config, offline_ok)
+    plans = plan_merges(config, (base, experts), extra)
+    per_merge = run_preflight(config, plans, base, [*experts, *extra.values()])
     return plans, per_merge
 
 
@@ -129,6 +134,7 @@ def run_one(plan: PlannedMerge, config: PipelineConfig, device: str) -> MergeOut
             inputs=plan.inputs,
             output="adapter" if adapter is not None else "full",
             adapter=adapter,
+            stages=plan.stages or None,
         )
         # Written last: its presence with a matching hash is what "complete" means.
         record.write(tmp)
@@ -149,8 +155,16 @@ def run_merges(
         return run_merges_on_ray(config, plans, force=force, report=report)
     device = choose_device(config.merge.device, "merge.device")
     outcomes = []
+    failed: set[str] = set()
     for i, plan in enumerate(plans, 1):
         prefix = f"[{i}/{len(plans)}] {plan.name}"
+        lost = [d for d in plan.depends_on if d in failed]
+        if lost:  # a later stage cannot be made from an earlier one that failed
+            reason = f"input merge {lost[0]} failed"
+            report(f"{prefix}: FAILED: {reason}")
+            outcomes.append(MergeOutcome(plan.name, "failed", plan.output_dir, error=reason))
+            failed.add(plan.name)
+            continue
         if plan.is_complete() and not force:
             report(f"{prefix}: up to date, skipped ({plan.output_dir})")
             outcomes.append(MergeOutcome(plan.name, "skipped", plan.output_dir))
@@ -165,6 +179,7 @@ def run_merges(
             report(f"{prefix}: FAILED: {first}")
             LOG.debug("merge %s failed", plan.name, exc_info=True)
             outcomes.append(MergeOutcome(plan.name, "failed", plan.output_dir, error=first))
+            failed.add(plan.name)
             continue
         report(f"{prefix}: done in {outcome.wall_seconds:.1f}s -> {plan.output_dir}")
         outcomes.append(outcome)

@@ -55,14 +55,47 @@ def _ref_text(ref: Any) -> str | None:
 
 
 def input_refs(record: dict[str, Any]) -> list[str]:
-    """The base (if any) then the experts, as written by the user, without duplicates."""
-    inputs = record.get("inputs") or {}
-    refs = [_ref_text(inputs.get("base"))] + [_ref_text(r) for r in inputs.get("experts") or []]
+    """The base (if any) then the experts, as written by the user, without duplicates; for a merge
+    of merges, the models of every earlier stage too (never the intermediate merges themselves)."""
+    refs: list[str | None] = []
+    for item in [*(record.get("stages") or []), record]:
+        inputs = item.get("inputs") or {}
+        refs += [_ref_text(inputs.get("base"))] + [_ref_text(r) for r in inputs.get("experts") or []]
     out: list[str] = []
     for ref in refs:
-        if ref and ref not in out:
+        if ref and ref not in out and not ref.startswith(MERGE_INPUT):
             out.append(ref)
     return out
+
+
+MERGE_INPUT = "merge:"  # how a record names an earlier merge of its run among its inputs
+
+
+def _stage_line(number: int, stage: dict[str, Any], this: bool) -> str:
+    inputs = stage.get("inputs") or {}
+    experts = ", ".join(f"`{_ref_text(r)}`" for r in inputs.get("experts") or [])
+    params = " · ".join(f"{k} {_markdown_value(v)}" for k, v in sorted((stage.get("parameters") or {}).items()))
+    text = (f"{number}. `{stage.get('name')}`{' (this model)' if this else ''}: `{stage.get('method')}` of "
+            f"{experts or 'its inputs'}")
+    if inputs.get("base"):
+        text += f" over `{_ref_text(inputs['base'])}`"
+    if params:
+        text += f" ({params})"
+    if stage.get("config_hash"):
+        text += f", config hash `{stage['config_hash']}`"
+    return text
+
+
+def lineage_lines(record: dict[str, Any]) -> list[str]:
+    """The card's lineage section: every stage of a merge of merges, first stage first."""
+    stages = list(record.get("stages") or [])
+    if not stages:
+        return []
+    lines = ["", "## Lineage", "", f"This model was made in {len(stages) + 1} stages; `merge:NAME` is an "
+             "earlier stage's output:", ""]
+    lines += [_stage_line(i, stage, False) for i, stage in enumerate(stages, 1)]
+    lines.append(_stage_line(len(stages) + 1, record, True))
+    return lines
 
 
 def hub_id_of(ref: str) -> str | None:
@@ -177,6 +210,7 @@ def build_model_card(
     if params:
         lines += ["", "### Parameters", "", "| parameter | value |", "|---|---|"]
         lines += [f"| `{k}` | {_markdown_value(v)} |" for k, v in sorted(params.items())]
+    lines += lineage_lines(record)
     facts = [
         ("dtype", record.get("dtype")),
         ("seed", record.get("seed")),

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from mergepipe.config import HubSection, PipelineConfig
 from mergepipe.errors import ConfigError
-from mergepipe.merge.plan import merge_names
+from mergepipe.merge.plan import merge_entries
 
 OFFLINE_HELP = "Hub offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE); unset it to publish"
 
@@ -50,9 +50,9 @@ def check_publishing(
         return settings
     if not settings.namespace:
         raise ConfigError(f"{source}: hub.namespace: set the Hub user or organisation to publish to")
-    planned = list(names) if names is not None else merge_names(config.merge.methods)
-    methods = {spec_name: spec.name for spec_name, spec in zip(merge_names(config.merge.methods),
-                                                              config.merge.methods, strict=True)}
+    entries = merge_entries(config.merge.methods)
+    planned = list(names) if names is not None else [e.name for e in entries]
+    methods = {e.name: e.spec.name for e in entries}
     for name in planned:
         settings.repo_id_for(run=config.run, name=name, method=methods.get(name, ""))
     if not token_available():

@@ -11,7 +11,10 @@ Nothing here knows model or task names: they come from the tables.
 - :func:`correlation`: Kendall tau, Holmes competences vs harness tasks, across models;
 - :func:`merge_outcomes`: per merged model, tasks where it beats both experts / lies between /
   is worse than both;
-- :func:`parameter_sweeps`: scores vs the one parameter a set of merges of one method varies.
+- :func:`parameter_sweeps`: scores vs the parameters a set of merges of one method varies (a
+  one-parameter sweep, each parameter of a grid, each searched parameter of a search);
+- :func:`search_trajectory`: a search's objective per trial with the best so far, and the tune
+  vs report scores of the best candidate, the defaults and the experts.
 """
 
 from __future__ import annotations
@@ -377,19 +380,97 @@ def sweeps(results: Path | str | Tables) -> list[tuple[str, str, pd.DataFrame]]:
     return found
 
 
+def parameter_views(results: Path | str | Tables) -> list[tuple[str, str, pd.DataFrame, list[str]]]:
+    """Merges of one method (and run) that differ in two or more numeric parameters, such as a
+    sweep grid: (method, parameter, rows with ``_param`` and ``_group``, the other parameters), one
+    per varying parameter. ``_group`` names the other parameters' values, so the points of one grid
+    line share it. Merges of a search study are shown from its trials instead (see
+    :func:`search_views`)."""
+    tables = _tables(results)
+    summary = tables.summary
+    found: list[tuple[str, str, pd.DataFrame, list[str]]] = []
+    if summary.empty:
+        return found
+    studies = set(_trials(tables)["study"].astype(str))
+    merged = summary[(summary["role"] == "merged") & ~summary["run"].astype(str).isin(studies)]
+    for (_run, method), part in merged.groupby([merged["run"].astype(str), "merge_method"]):
+        params = [json.loads(p) if isinstance(p, str) and p else {} for p in part["merge_parameters"]]
+        keys = sorted({k for p in params for k in p})
+        varying = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1]
+        if len(varying) < 2:
+            continue
+        numeric = {k: [_scalar(p.get(k)) for p in params] for k in varying}
+        usable = [k for k in varying if all(v is not None for v in numeric[k])]
+        for key in usable:
+            others = [k for k in varying if k != key]
+            groups = [", ".join(f"{k}={_text(p.get(k))}" for k in others) for p in params]
+            rows = part.assign(_param=numeric[key], _group=groups).sort_values(["_group", "_param"])
+            found.append((str(method), key, rows, others))
+    return found
+
+
+def _text(value: Any) -> str:
+    scalar = _scalar(value)
+    return f"{scalar:g}" if scalar is not None else json.dumps(value)
+
+
+def _trials(tables: Tables) -> pd.DataFrame:
+    """The search trials beside the tables (none when the tables were not read from a folder)."""
+    import pandas as pd
+
+    from mergepipe.results.search_table import TRIAL_COLUMNS, load_trials
+
+    return load_trials(tables.out_dir) if tables.out_dir is not None else pd.DataFrame(columns=TRIAL_COLUMNS)
+
+
+def search_views(results: Path | str | Tables) -> list[tuple[str, str, pd.DataFrame]]:
+    """Per search study and searched parameter: the scored trials with ``_param`` (the value) and
+    ``objective``; a per-expert parameter shows its mean over the experts."""
+    from mergepipe.results.search_table import trial_parameters
+
+    tables = _tables(results)
+    trials = _trials(tables)
+    found: list[tuple[str, str, pd.DataFrame]] = []
+    if trials.empty:
+        return found
+    done = trials[trials["state"] == "complete"]
+    for study, part in done.groupby(done["study"].astype(str)):
+        params = [trial_parameters(p) for p in part["parameters"]]
+        keys = sorted({k for p in params for k in p})
+        for key in keys:
+            values = []
+            for p in params:
+                v = p.get(key)
+                if isinstance(v, list) and v and all(_scalar(x) is not None for x in v):
+                    v = sum(float(x) for x in v) / len(v)
+                values.append(_scalar(v))
+            rows = part.assign(_param=values).dropna(subset=["_param"])
+            if rows["_param"].nunique() >= 2:
+                found.append((study, key, rows.sort_values("_param")))
+    return found
+
+
 def parameter_sweeps(results: Path | str | Tables) -> Figure | None:
-    """Scores vs the swept parameter, one panel per sweep; None when no config sweeps one."""
+    """Scores vs merge parameters: one panel per one-parameter sweep (a line per score column), per
+    parameter of a multi-parameter sweep (a line per value of the other parameters), and per
+    searched parameter of a search (the tune objective of every candidate, by method); None when
+    nothing varies."""
     plt = _pyplot()
     tables = _tables(results)
     found = sweeps(tables)
-    if not found:
+    views = parameter_views(tables)
+    searched = search_views(tables)
+    n = len(found) + len(views) + len(searched)
+    if not n:
         return None
     tasks = harness_tasks(tables)
     comp_cols = [c for c in tables.summary.columns if str(c).startswith(HOLMES_PREFIX)]
-    fig, axes = plt.subplots(1, len(found), figsize=(6 * len(found), 4), squeeze=False)
+    columns = list(tasks["column"]) + comp_cols
+    cols = min(3, n)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(6 * cols, 4 * math.ceil(n / cols)), squeeze=False)
     cmap = plt.get_cmap("tab10")
-    for ax, (method, key, part) in zip(axes.flat, found, strict=True):
-        columns = list(tasks["column"]) + comp_cols
+    flat = list(axes.flat)
+    for ax, (method, key, part) in zip(flat, found, strict=False):
         for i, column in enumerate(columns):
             ys = part[column].astype(float)
             if ys.isna().all():
@@ -400,6 +481,91 @@ def parameter_sweeps(results: Path | str | Tables) -> Figure | None:
         ax.set_ylabel("score")
         ax.set_title(f"{method}: scores vs {key}")
         ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    markers = "osD^vP*X"
+    for ax, (method, key, part, others) in zip(flat[len(found):], views, strict=False):
+        groups = list(dict.fromkeys(part["_group"]))
+        for i, column in enumerate(columns):
+            if part[column].astype(float).isna().all():
+                continue
+            for g, group in enumerate(groups):
+                rows = part[part["_group"] == group]
+                ax.plot(rows["_param"], rows[column].astype(float), marker=markers[g % len(markers)],
+                        color=cmap(i % 10), ls="-" if g == 0 else (0, (4, 1 + g)),
+                        label=f"{column} ({group})")
+        ax.set_xlabel(key)
+        ax.set_ylabel("score")
+        ax.set_title(f"{method}: scores vs {key} (lines: {', '.join(others)})", fontsize=10)
+        ax.legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    for ax, (study, key, part) in zip(flat[len(found) + len(views):], searched, strict=False):
+        for i, (method, rows) in enumerate(part.groupby(part["method"].astype(str))):
+            ax.scatter(rows["_param"], rows["objective"].astype(float), color=cmap(i % 10), label=method, s=22)
+        ax.set_xlabel(key)
+        ax.set_ylabel("tune objective")
+        ax.set_title(f"search {study}: objective vs {key}", fontsize=10)
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    for ax in flat[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def search_trajectory(results: Path | str | Tables) -> Figure | None:
+    """Per search study: the tune objective of each candidate in trial order with the best so far,
+    the defaults' tune objective for reference; and the tune vs report scores of the best candidate,
+    the defaults and the experts side by side. None when no search was run."""
+    from mergepipe.results.search_table import read_summary
+
+    plt = _pyplot()
+    tables = _tables(results)
+    trials = _trials(tables)
+    if trials.empty:
+        return None
+    summary = read_summary(tables.out_dir) if tables.out_dir is not None else None
+    studies = list(dict.fromkeys(trials["study"].astype(str)))
+    fig, axes = plt.subplots(len(studies), 2, figsize=(13, 4 * len(studies)), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for (ax, bars), study in zip(axes, studies, strict=True):
+        part = trials[trials["study"].astype(str) == study].sort_values("trial")
+        done = part[part["state"] == "complete"]
+        methods = list(dict.fromkeys(done["method"].astype(str)))
+        for i, method in enumerate(methods):
+            rows = done[done["method"].astype(str) == method]
+            ax.scatter(rows["trial"], rows["objective"].astype(float), color=cmap(i % 10), label=method, s=24, zorder=3)
+        failed = part[part["state"] != "complete"]
+        if not failed.empty:
+            low = float(done["objective"].min()) if not done.empty else 0.0
+            ax.scatter(failed["trial"], [low] * len(failed), marker="x", color="#d62728", label="failed", zorder=3)
+        if not done.empty:
+            ax.step(done["trial"], done["objective"].astype(float).cummax(), where="post", color="#333",
+                    lw=1.2, label="best so far")
+        compared = summary.studies.get(study) if summary else None
+        if compared is not None:
+            for m in compared.compared:
+                if m.role == "default" and m.tune_objective is not None:
+                    ax.axhline(m.tune_objective, ls="--", lw=0.9, color="#7f7f7f")
+                    ax.text(ax.get_xlim()[0], m.tune_objective, f" {m.label}", fontsize=7, va="bottom",
+                            color="#555")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("trial")
+        ax.set_ylabel("tune objective")
+        ax.set_title(f"search {study}: trajectory", fontsize=10)
+        ax.legend(fontsize=7, frameon=False, loc="lower right")
+        if compared is None:
+            bars.axis("off")
+            continue
+        labels = [m.label for m in compared.compared]
+        x = range(len(labels))
+        tune = [math.nan if m.tune_objective is None else m.tune_objective for m in compared.compared]
+        report = [math.nan if m.report_mean is None else m.report_mean for m in compared.compared]
+        bars.bar([i - 0.2 for i in x], tune, width=0.4, label="tune objective (searched on)", color="#9ecae1")
+        bars.bar([i + 0.2 for i in x], report, width=0.4, label="report mean (held out)", color="#3182bd")
+        bars.set_xticks(list(x), [f"{m.label}\n({m.role})" for m in compared.compared], fontsize=7,
+                        rotation=20, ha="right")
+        bars.set_ylabel("score")
+        bars.set_title("tune vs report: best, defaults, experts", fontsize=10)
+        bars.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -428,6 +594,7 @@ PLOT_FUNCTIONS = {
     "correlation_holmes_harness": correlation,
     "merge_outcomes": merge_outcomes,
     "parameter_sweeps": parameter_sweeps,
+    "search_trajectory": search_trajectory,
 }
 
 

@@ -3,8 +3,9 @@
 The HTML embeds its images as data URIs and its CSS inline, so it opens offline from anywhere
 (mail it, attach it to a paper review). ``report.md`` links the PNGs in ``plots/`` instead.
 
-Contents: the leaderboard (best value per column marked), merged-vs-experts outcomes, the
-figures, the run's config and per-stage timings (from ``run_summary.json``, written by
+Contents: the leaderboard (best value per column marked), merged-vs-experts outcomes, each
+search's tune-vs-report comparison (``search_summary.json``), the figures, the run's config and
+per-stage timings (from ``run_summary.json``, written by
 ``mergepipe run``), failures and skipped files.
 
 ``run_summary.json`` (:class:`mergepipe.core.records.RunSummary`, written by ``mergepipe run``)
@@ -24,6 +25,7 @@ from typing import Any
 from mergepipe import __version__
 from mergepipe.core.atomic import write_text
 from mergepipe.core.records import RunSummary
+from mergepipe.results.search_table import StudySummary, comparison_rows, read_summary
 from mergepipe.results.tables import HOLMES_PREFIX, LABEL_COLUMNS, Tables, display_name, load_tables
 
 REPORT_HTML = "report.html"
@@ -39,7 +41,12 @@ FIGURES = [  # (file stem in plots/, caption)
      "(x) and selectivity (their difference)."),
     ("correlation_holmes_harness", "Kendall tau between Holmes competence scores and harness "
      "task scores across the evaluated models."),
-    ("parameter_sweeps", "Scores vs the merge parameter a set of merges varies."),
+    ("parameter_sweeps", "Scores vs the merge parameters a set of merges varies: a one-parameter "
+     "sweep (a line per score), each parameter of a grid (a line per value of the others), and the "
+     "tune objective vs each parameter a search tried."),
+    ("search_trajectory", "Search: the tune objective of each candidate in trial order with the best "
+     "so far (dashed: the defaults), and the tune vs held-out report scores of the best candidate, "
+     "the defaults and the experts."),
 ]
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -234,6 +241,11 @@ def _outcome_rows(tables: Tables) -> list[list[str]]:
             for m in counts.index]
 
 
+def _studies(tables: Tables) -> list[StudySummary]:
+    summary = read_summary(tables.out_dir) if tables.out_dir is not None else None
+    return list(summary.studies.values()) if summary else []
+
+
 def _img_tag(path: Path, alt: str) -> str:
     """An embedded PNG shown at its nominal size (saved at 150 dpi; CSS pixels are 1/96 in)."""
     data = path.read_bytes()
@@ -265,6 +277,12 @@ def render_html(tables: Tables, plots_dir: Path, summary: RunSummary, config_tex
         parts.append("<h2>Merged models vs experts</h2><p class='muted'>Counted over the tasks that at "
                      "least one expert does better than the base.</p>")
         parts.append(_html_table(["merged model", "method", *OUTCOMES], outcomes, left=2))
+    for study in _studies(tables):
+        heads, rows = comparison_rows(study)
+        parts.append(f"<h2>Search {e(study.study)}</h2><p>{study.trials_done} candidates "
+                     f"({study.trials_failed} failed), sampler {e(study.sampler)}, objective "
+                     f"{e(study.objective)}; the report tasks were never seen by the search.</p>")
+        parts.append(_html_table(heads, rows, left=2))
     parts.append("<h2>Figures</h2>")
     for stem, caption in FIGURES:
         png = plots_dir / f"{stem}.png"
@@ -333,6 +351,12 @@ def render_markdown(tables: Tables, plots_dir: Path, results_dir: Path, summary:
     if outcomes:
         out += ["## Merged models vs experts", "",
                 _md_table(["merged model", "method", *OUTCOMES], outcomes), ""]
+    for study in _studies(tables):
+        heads, rows = comparison_rows(study)
+        out += [f"## Search {study.study}", "",
+                f"{study.trials_done} candidates ({study.trials_failed} failed), sampler {study.sampler}, "
+                f"objective {study.objective}; the report tasks were never seen by the search.", "",
+                _md_table(heads, rows), ""]
     out += ["## Figures", ""]
     for stem, caption in FIGURES:
         png = plots_dir / f"{stem}.png"

@@ -155,3 +155,26 @@ def select_tasks(tasks: list[str], include_paths: list[Path], load_builtin: bool
     if load_builtin:
         manager = TaskManager(include_path=paths, include_defaults=True)
     return TaskSelection(manager, True, include_paths)
+
+
+def leaf_tasks(manager: Any, name: str) -> set[str]:
+    """The tasks a task, group or tag name stands for, groups and tags expanded (from the index:
+    nothing is loaded). A name the index does not know stands for itself."""
+    seen: set[str] = set()
+
+    def expand(item: Any) -> set[str]:
+        if isinstance(item, dict):
+            item = item.get("task") or item.get("group")
+        if not isinstance(item, str) or item in seen:
+            return set()
+        seen.add(item)
+        entry = manager.task_index.get(item)
+        kind = getattr(getattr(entry, "kind", None), "name", "")
+        if kind == "GROUP":
+            members = (entry.cfg or {}).get("task") or []
+            return set().union(*(expand(m) for m in (members if isinstance(members, list) else [members])))
+        if kind == "TAG":
+            return set().union(*(expand(m) for m in sorted(entry.tags)))
+        return {item}
+
+    return expand(name)

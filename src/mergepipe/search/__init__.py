@@ -1,0 +1,1 @@
+"""Parameter search over merge methods (``mergepipe search``); see :mod:`mergepipe.search.run`."""
