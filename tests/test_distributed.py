@@ -201,3 +201,27 @@ def test_two_runs_evaluating_one_model_write_its_results_once(tiny_project: Path
     # The second run waited for (or found) the first's results and reused them.
     text = "\n".join(outs) + "".join(p.read_text() for p in (tiny_project / "logs").rglob("*.log"))
     assert "finished by another run" in text or "already evaluated with these settings" in text
+
+
+def test_a_merge_of_merges_runs_its_stages_in_order_on_the_cluster(ray_cluster, tmp_path: Path, tiny_models) -> None:
+    experts = [str(p) for p in tiny_models.experts[:3]]
+    config = {
+        "run": "stages", "base_model": str(tiny_models.base), "models": experts, "dtype": "float32",
+        "merge": {"executor": "ray", "methods": [
+            {"name": "ties", "label": "final", "inputs": ["first", experts[2]]},  # written out of order
+            {"name": "slerp", "label": "first", "inputs": experts[:2]},
+        ]},
+        "cluster": {"address": ray_cluster.address},
+    }
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    result = _run([str(REPO / "merge_only.sh"), "--config", "pipeline.yaml"], tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    out = result.stdout
+    # The second stage is submitted only once the first is done, both as cluster tasks.
+    assert out.index("first: done in") < out.index("final: submitted to the cluster")
+    from mergepipe.core.records import MergeRecord
+
+    record = MergeRecord.read(tmp_path / "merged_models" / "stages" / "final")
+    assert record is not None and [s["name"] for s in record.stages] == ["first"]
+    again = _run([str(REPO / "merge_only.sh"), "--config", "pipeline.yaml"], tmp_path, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 2

@@ -91,21 +91,41 @@ def run_merges_on_ray(config: PipelineConfig, plans: list[PlannedMerge], *, forc
     task = ray.remote(max_retries=0, max_calls=1)(_merge_on_node)
     outcomes: dict[str, MergeOutcome] = {}
     pending: dict[Any, PlannedMerge] = {}
-    for i, plan in enumerate(plans, 1):
-        prefix = f"[{i}/{len(plans)}] {plan.name}"
-        if plan.is_complete() and not force:
-            report(f"{prefix}: up to date, skipped ({plan.output_dir})")
-            outcomes[plan.name] = MergeOutcome(plan.name, "skipped", plan.output_dir)
-            continue
-        memory = estimated_memory(plan, config)
-        if most_memory and memory > most_memory:
-            raise MergepipeError(f"merge {plan.name} needs about {memory / 2**30:.1f} GiB of memory but no node "
-                                 f"of the Ray cluster has more than {most_memory / 2**30:.1f} GiB")
-        ref = task.options(num_gpus=gpus, num_cpus=1, memory=memory).remote(plan, config)
-        pending[ref] = plan
-        report(f"{prefix}: submitted to the cluster ({gpus:g} GPU, {memory / 2**30:.1f} GiB)")
+    waiting = list(plans)  # a merge of merges is submitted once its input merges are done
+    index = {p.name: i for i, p in enumerate(plans, 1)}
+
+    def submit_ready() -> None:
+        for plan in list(waiting):
+            prefix = f"[{index[plan.name]}/{len(plans)}] {plan.name}"
+            deps = [outcomes.get(d) for d in plan.depends_on]
+            lost = [d for d, o in zip(plan.depends_on, deps, strict=True) if o is not None and o.status == "failed"]
+            if lost:
+                waiting.remove(plan)
+                report(f"{prefix}: FAILED: input merge {lost[0]} failed")
+                outcomes[plan.name] = MergeOutcome(plan.name, "failed", plan.output_dir,
+                                                   error=f"input merge {lost[0]} failed")
+                continue
+            if any(o is None for o in deps):
+                continue
+            waiting.remove(plan)
+            if plan.is_complete() and not force:
+                report(f"{prefix}: up to date, skipped ({plan.output_dir})")
+                outcomes[plan.name] = MergeOutcome(plan.name, "skipped", plan.output_dir)
+                continue
+            memory = estimated_memory(plan, config)
+            if most_memory and memory > most_memory:
+                raise MergepipeError(f"merge {plan.name} needs about {memory / 2**30:.1f} GiB of memory but no "
+                                     f"node of the Ray cluster has more than {most_memory / 2**30:.1f} GiB")
+            ref = task.options(num_gpus=gpus, num_cpus=1, memory=memory).remote(plan, config)
+            pending[ref] = plan
+            report(f"{prefix}: submitted to the cluster ({gpus:g} GPU, {memory / 2**30:.1f} GiB)")
+
     try:
-        while pending:
+        submit_ready()
+        while pending or waiting:
+            if not pending:  # only merges whose inputs can never be made are left
+                submit_ready()
+                break
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 plan = pending.pop(ref)
@@ -121,6 +141,8 @@ def run_merges_on_ray(config: PipelineConfig, plans: list[PlannedMerge], *, forc
                        f"({result['device']}) -> {plan.output_dir}")
                 outcomes[plan.name] = MergeOutcome(plan.name, "merged", plan.output_dir, result["wall_seconds"],
                                                    node=result["node"])
+            if ready:
+                submit_ready()
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
