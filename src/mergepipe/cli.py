@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "mergepipe.commands.merge",
     "mergepipe.commands.evaluate",
     "mergepipe.commands.eval_harness",
+    "mergepipe.commands.datasets",
+    "mergepipe.commands.predict",
     "mergepipe.commands.job",
     "mergepipe.commands.methods",
     "mergepipe.commands.probe",

@@ -1,6 +1,6 @@
 """The pipeline config (``pipeline.yaml``) as one typed tree of pydantic models.
 
-Every section is typed (``merge``, ``outputs``, ``evaluate``, ``holmes``, ``hub``); unknown keys
+Every section is typed (``merge``, ``outputs``, ``evaluate``, ``holmes``, ``hub``, ``predict``); unknown keys
 are errors (a typo must not be silently ignored). Loading, overrides and the one-line error
 format live in :mod:`mergepipe.config.load`.
 
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mergepipe.config.evaluate import EvaluateSection
 from mergepipe.config.holmes import HolmesSection
 from mergepipe.config.hub import HubSection
+from mergepipe.config.predict import PredictSection
 from mergepipe.errors import did_you_mean
 
 DEFAULT_CONFIG = "pipeline.yaml"
@@ -169,6 +170,8 @@ class OutputsSection(_Strict):
     holmes_results: Path = Field(default=Path("holmes_results"), description="probing results")
     organized_results: Path = Field(default=Path("organized_results"), description="tables and plots")
     logs: Path = Field(default=Path("logs"), description="one log file per job")
+    predictions: Path = Field(default=Path("output"),
+                              description="answers to predict.queries: <dir>/<run>/<model>/<queries file name>")
 
 
 class PipelineConfig(_Strict):
@@ -186,6 +189,9 @@ class PipelineConfig(_Strict):
     )
     holmes: HolmesSection = Field(default_factory=HolmesSection, description="Holmes probing (section `holmes`)")
     hub: HubSection = Field(default_factory=HubSection, description="Hub publishing (section `hub`)")
+    predict: PredictSection = Field(
+        default_factory=PredictSection, description="answers to a queries CSV (section `predict`)"
+    )
 
     @field_validator("run")
     @classmethod
