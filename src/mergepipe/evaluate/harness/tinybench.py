@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import socket
@@ -61,12 +62,18 @@ def provides(task: str) -> bool:
 
 # -- can IRT estimates be computed here? -------------------------------------------------------
 
+def _spec() -> importlib.machinery.ModuleSpec | None:
+    spec = importlib.util.find_spec(PACKAGE)
+    # A folder left behind without the package's code (a namespace package) is not the package.
+    return spec if spec is not None and spec.origin is not None else None
+
+
 def package_installed() -> bool:
-    return importlib.util.find_spec(PACKAGE) is not None
+    return _spec() is not None
 
 
 def _package_dir() -> Path | None:
-    spec = importlib.util.find_spec(PACKAGE)
+    spec = _spec()
     if spec is None:
         return None
     if spec.submodule_search_locations:
