@@ -111,14 +111,18 @@ def describe_plan(v: Validated) -> list[str]:
     suites = (list(ev.suites) if ev.do_harness else []) + (["holmes"] if ev.do_holmes else [])
     slots = make_slots(ev.device, ev.jobs, ev.gpus)
     n_jobs = n_models * len(suites)
-    lines.append(f"  evaluate {n_models} model(s) x {len(suites)} suite(s) ({', '.join(suites) or 'none'}) = "
-                 f"{n_jobs} job(s) on {len(slots)} slot(s) ({', '.join(s.name for s in slots)}), "
-                 f"about {math.ceil(n_jobs / max(len(slots), 1))} job(s) per slot")
+    if suites:
+        lines.append(f"  evaluate {n_models} model(s) x {len(suites)} suite(s) ({', '.join(suites)}) = "
+                     f"{n_jobs} job(s) on {len(slots)} slot(s) ({', '.join(s.name for s in slots)}), "
+                     f"about {math.ceil(n_jobs / max(len(slots), 1))} job(s) per slot")
+    else:
+        lines.append("  evaluate: off (evaluate.do_harness and evaluate.do_holmes are false)")
     if config.predict.queries is not None:
         roles = ", ".join(config.predict.roles)
         lines.append(f"  predict: answers of the {roles} model(s) to {config.predict.queries} into "
                      f"{config.outputs.predictions / config.run}/<model>/{config.predict.queries.name}")
-    lines.append(f"  organize, plot and report into {config.outputs.organized_results}")
+    if suites:
+        lines.append(f"  organize, plot and report into {config.outputs.organized_results}")
     for note in v.notes():
         lines.append(f"  note: {note}")
     if remote or v.missing:
@@ -238,11 +242,14 @@ def run_pipeline(
         if failed:
             stage.status = "partial" if len(failed) < len(outcomes) else "failed"
 
-    _stage(report, "evaluate", evaluate, say)
+    evaluates = config.evaluate.do_harness or config.evaluate.do_holmes
+    if evaluates:
+        _stage(report, "evaluate", evaluate, say)
     if config.predict.queries is not None:
         _stage(report, "predict", predict, say)
-    _stage(report, "organize", organize, say)
-    _stage(report, "report", write_report, say)
+    if evaluates:  # nothing to organize or report without evaluation results
+        _stage(report, "organize", organize, say)
+        _stage(report, "report", write_report, say)
     if v.hub.push:
         # The cards now carry the evaluation table; local copies may be deleted after this.
         _stage(report, "republish", lambda s: publish(s, final=True), say)

@@ -242,6 +242,9 @@ def reading_from_mirror(datasets_dir: Path | None) -> Iterator[dict[str, str]]:
                 kwargs["path"] = str(folder)
             else:
                 args = (str(folder), *args[1:])
+            # datasets caches a local folder by its name and config alone, whatever its content:
+            # a cache of the mirror's own, keyed by what the folder holds, never serves stale data.
+            kwargs.setdefault("cache_dir", str(_prepared_cache(folder)))
         return original(*args, **kwargs)
 
     datasets.load_dataset = load_dataset
@@ -249,6 +252,19 @@ def reading_from_mirror(datasets_dir: Path | None) -> Iterator[dict[str, str]]:
         yield used
     finally:
         datasets.load_dataset = original
+
+
+def _prepared_cache(folder: Path) -> Path:
+    """Where datasets keeps its prepared copy of mirror folder ``folder`` (keyed by its files)."""
+    import hashlib
+
+    import datasets.config
+
+    digest = hashlib.sha256(str(folder).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return Path(datasets.config.HF_DATASETS_CACHE) / "mergepipe-mirror" / digest.hexdigest()[:16]
 
 
 def mirror_record(folder: Path) -> dict[str, Any] | None:
@@ -276,10 +292,12 @@ def fetch(repos: dict[str, str | None], to_dir: Path, *, force: bool = False,
     A repository is downloaded into ``to_dir/<org>/.<name>.fetching/`` (an interrupted fetch
     resumes there) and moved into place when complete, so a folder in the mirror is always whole.
     """
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or offline_requested():
-        raise MergepipeError("datasets fetch needs the Hub, but offline mode is set (HF_HUB_OFFLINE / "
-                             "HF_DATASETS_OFFLINE); run it on a connected machine without them")
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    if constants.HF_HUB_OFFLINE or offline_requested():
+        raise MergepipeError("datasets fetch needs the Hub, but offline mode is set (HF_HUB_OFFLINE, "
+                             "HF_DATASETS_OFFLINE or TRANSFORMERS_OFFLINE); run it on a connected machine "
+                             "without them")
 
     endpoint = hub_endpoint()
     api = HfApi(endpoint=endpoint)
