@@ -162,13 +162,17 @@ class Progress:
             self.path.unlink(missing_ok=True)  # made with other settings or another model
             self.discarded = bool(lines)
             return
+        kept = [lines[0]]
         for line in lines[1:]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
-                break  # a line cut off by the kill: everything after it is lost too
+                break  # a line cut off by the kill
             if isinstance(item, dict) and "id" in item and "prediction" in item:
                 self.answers[str(item["id"])] = str(item["prediction"])
+                kept.append(line)
+        if len(kept) < len(lines):  # drop the cut-off tail before appending to the file again
+            write_text(self.path, "\n".join(kept) + "\n")
 
     def add(self, items: Iterable[tuple[str, str]]) -> None:
         for qid, prediction in items:
