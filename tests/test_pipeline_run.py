@@ -64,7 +64,7 @@ def test_dry_run_of_the_lora_edition_plans_predictions(tmp_path, capsys, monkeyp
 
 
 @pytest.mark.slow
-def test_script_runs_builtin_tasks_from_the_mirror_and_predicts(zoo, tmp_path):
+def test_script_runs_builtin_tasks_from_the_mirror_and_predicts(zoo, tmp_path, monkeypatch):
     """The competition's flow on zoo models, offline: merge -> built-in tasks (BoolQ, tinyBenchmarks,
     GSM8K) read from a local dataset mirror -> predictions file -> organize, report, budget table."""
     from tests.evaluate.test_predict import write_queries
@@ -110,6 +110,19 @@ def test_script_runs_builtin_tasks_from_the_mirror_and_predicts(zoo, tmp_path):
 
     rows = _rows(predictions)
     assert list(rows[0]) == ["id", "prediction", "dummy_field"] and [r["id"] for r in rows] == list("012345")
+
+    # Without the mirror, finished evaluations still plan (nothing to load); unfinished ones would not.
+    from mergepipe.config import load_config
+    from mergepipe.errors import MergepipeError
+    from mergepipe.evaluate.plan import plan_evaluation
+
+    (tmp_path / "datasets").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(tmp_path / "pipeline.yaml")
+    plan = plan_evaluation(config)
+    assert len(plan.jobs) == 1 and plan.jobs[0].spec.is_finished()
+    with pytest.raises(MergepipeError, match="mergepipe datasets fetch boolq tinyBenchmarks gsm8k"):
+        plan_evaluation(config, section=config.evaluate.model_copy(update={"limit": 2}))
 
 
 def test_dry_run_with_an_invalid_config_is_one_line(tmp_path, capsys):

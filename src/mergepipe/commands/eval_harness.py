@@ -9,8 +9,7 @@ from pathlib import Path
 from mergepipe.config import HarnessSettings
 from mergepipe.config.evaluate import HARNESS_FIELDS
 from mergepipe.config.options import add_model_options, given, validate_with_flags
-
-ENV_VAR = "MERGEPIPE_DATASETS_DIR"  # also read by mergepipe.evaluate.harness.dataset_mirror.default_dir
+from mergepipe.evaluate.harness.dataset_mirror import ENV_VAR
 
 
 def add_harness_options(parser: argparse.ArgumentParser) -> None:

@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mergepipe.commands.eval_harness import ENV_VAR as DATASETS_ENV
 from mergepipe.commands.eval_harness import add_harness_options
 from mergepipe.config import DEFAULT_CONFIG, EvaluateSection
 from mergepipe.config.evaluate import HARNESS_FIELDS
 from mergepipe.config.options import add_model_options, given
+from mergepipe.evaluate.harness.dataset_mirror import ENV_VAR as DATASETS_ENV
 
 # The evaluate-section fields that also are flags (besides the lm-eval settings).
 STAGE_FIELDS = ("roles", "jobs", "gpus", "device", "datasets_dir")

@@ -113,15 +113,15 @@ def plan_evaluation(
         check_backend(section.backend)
         # Unknown names, broken YAMLs, missing packages and datasets fail here, before any job starts.
         checks = check_suites(section, harness_suites)
-        for check in checks.values():
-            check.raise_for_problems()
         settings = section.harness_settings(config.seed)
-        for entry in entries:
-            for suite in harness_suites:
-                check = checks[suite]
-                specs.append(HarnessJobSpec(model=entry.job_model(), suite=suite, tasks=check.tasks,
-                                            settings=settings, include_paths=check.include_paths,
-                                            results_dir=out.harness_results, datasets_dir=section.datasets_dir))
+        harness_specs = [HarnessJobSpec(model=entry.job_model(), suite=suite, tasks=checks[suite].tasks,
+                                        settings=settings, include_paths=checks[suite].include_paths,
+                                        results_dir=out.harness_results, datasets_dir=section.datasets_dir)
+                         for entry in entries for suite in harness_suites]
+        for suite, check in checks.items():  # a suite whose jobs are all finished needs nothing more
+            if any(s.suite == suite and not s.is_finished() for s in harness_specs):
+                check.raise_for_problems()
+        specs += harness_specs
     if do_holmes:
         specs += probe_specs(config, entries)
     return EvaluationPlan([SpecJob(s) for s in specs], slots, log_dir, entries)

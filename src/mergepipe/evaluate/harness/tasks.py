@@ -98,8 +98,6 @@ class FoundTasks:
     def lookup(self, name: str) -> dict[str, Any] | None:
         if name in self._entries:
             return self._entries[name]
-        if name in self.manager.all_tasks:  # pragma: no cover - described up front
-            return None
         return builtin_index().get(name)
 
     def resolve(self) -> Resolution:
