@@ -6,6 +6,11 @@
 #   ./setup.sh              CPU torch (default)
 #   ./setup.sh --cuda       CUDA torch (set TORCH_INDEX_URL for a specific CUDA wheel index)
 #   ./setup.sh --holmes DIR also build environments/holmes for an upstream Holmes checkout
+#   ./setup.sh --tinybenchmarks[=SRC]
+#                           also install the tinyBenchmarks package (IRT estimates for lm-eval's
+#                           tinyBenchmarks tasks) and its parameters file from SRC: a local checkout
+#                           or a git URL (default $TINYBENCHMARKS_SOURCE, else its GitHub repository);
+#                           without it those tasks are scored as plain means, labelled '_mean'
 #   ./setup.sh --force      reinstall even when up to date
 set -euo pipefail
 
@@ -16,8 +21,10 @@ TORCH_VERSION="2.13.0"
 CUDA=0
 FORCE=0
 HOLMES_DIR=""
+TINYBENCHMARKS=""
+TINYBENCHMARKS_DEFAULT="${TINYBENCHMARKS_SOURCE:-https://github.com/felipemaiapolo/tinyBenchmarks}"
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case "$1" in
@@ -26,6 +33,10 @@ while (($#)); do
     --holmes)
       [[ $# -ge 2 ]] || { echo "error: --holmes needs the path of an upstream Holmes checkout" >&2; exit 2; }
       HOLMES_DIR="$2"; shift ;;
+    --tinybenchmarks) TINYBENCHMARKS="$TINYBENCHMARKS_DEFAULT" ;;
+    --tinybenchmarks=*)
+      TINYBENCHMARKS="${1#--tinybenchmarks=}"
+      [[ -n "$TINYBENCHMARKS" ]] || { echo "error: --tinybenchmarks= needs a checkout folder or a git URL" >&2; exit 2; } ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option '$1' (see ./setup.sh --help)" >&2; exit 2 ;;
   esac
@@ -86,6 +97,45 @@ else
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "mergepipe" >/dev/null
   echo "$WANT" > "$STAMP"
   echo "environments/main is ready"
+fi
+
+# tinyBenchmarks is not on the package index: installed from a checkout (cloned first when SRC is a
+# URL), with its IRT parameters file put beside the installed package, where mergepipe looks for it.
+install_tinybenchmarks() {
+  local src="$1" dir work="" target
+  if [[ -d "$src" ]]; then
+    dir="$(cd "$src" && pwd)"
+  else
+    command -v git >/dev/null 2>&1 || { echo "error: --tinybenchmarks: git is needed to fetch $src" >&2; exit 2; }
+    work="$(mktemp -d)"
+    # shellcheck disable=SC2064  # expand now: the folder to remove is known here
+    trap "rm -rf '$work'" EXIT
+    echo "fetching tinyBenchmarks from $src"
+    if ! git clone --depth 1 -q "$src" "$work/tinyBenchmarks"; then
+      echo "error: cannot fetch tinyBenchmarks from $src (no network?); its tasks are scored as plain means" \
+           "(labelled '_mean') until it is installed (./setup.sh --tinybenchmarks=/path/to/a/checkout)" >&2
+      exit 1
+    fi
+    dir="$work/tinyBenchmarks"
+  fi
+  if [[ ! -f "$dir/setup.py" && ! -f "$dir/pyproject.toml" ]]; then
+    echo "error: --tinybenchmarks: $dir is not a Python package (no setup.py or pyproject.toml)" >&2
+    exit 2
+  fi
+  echo "installing tinyBenchmarks from $dir"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$dir"
+  target="$("$VENV/bin/python" -c 'import os, tinyBenchmarks; print(os.path.dirname(tinyBenchmarks.__file__))')"
+  if [[ -s "$dir/tinyBenchmarks/tinyBenchmarks.pkl" ]]; then
+    cp "$dir/tinyBenchmarks/tinyBenchmarks.pkl" "$target/"
+    echo "tinyBenchmarks is ready (IRT parameters in $target)"
+  else
+    echo "note: $dir has no tinyBenchmarks/tinyBenchmarks.pkl; the package downloads it from GitHub when" \
+         "an evaluation ends (where GitHub is unreachable, the tasks are scored as plain means)" >&2
+  fi
+}
+
+if [[ -n "$TINYBENCHMARKS" ]]; then
+  install_tinybenchmarks "$TINYBENCHMARKS"
 fi
 
 if [[ -n "$HOLMES_DIR" ]]; then

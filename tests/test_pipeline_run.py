@@ -26,8 +26,103 @@ def test_examples_validate_and_dry_run(example, tmp_path, capsys, monkeypatch):
     for spec in data["merge"]["methods"]:
         assert (spec if isinstance(spec, str) else spec["name"]) in out
     assert "not available locally" in out  # real Hub models: listed, not fetched here
-    assert "job(s) on" in out
+    evaluates = data.get("evaluate", {}).get("do_harness", True) or data.get("evaluate", {}).get("do_holmes")
+    assert ("job(s) on" in out) if evaluates else ("evaluate: off" in out)
+    assert "missing on this machine:" in out
     assert not (tmp_path / "merged_models").exists()
+
+
+def test_dry_run_of_the_llama_pair_lists_what_is_missing_here(tmp_path, capsys, monkeypatch):
+    """Models, tinyBenchmarks datasets and the tinyBenchmarks package: listed, not passed over."""
+    from mergepipe.evaluate.harness import tinybench
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tinybench, "package_installed", lambda: False)
+    assert main(["run", "--config", str(REPO / "examples" / "llama3-8b-instruct-pair.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    missing = out.split("missing on this machine:")[1]
+    assert "model meta-llama/Meta-Llama-3-8B-Instruct: not downloaded yet" in missing
+    assert "model MaziyarPanahi/Llama-3-8B-Instruct-v0.8: not downloaded yet" in missing
+    for repo in ("tinyAI2_arc", "tinyGSM8k", "tinyMMLU", "tinyWinogrande", "tinyHellaswag", "tinyTruthfulQA"):
+        assert f"tinyBenchmarks/{repo}" in missing
+    assert f"mergepipe datasets fetch tinyBenchmarks --to {tmp_path / 'datasets'}" in missing
+    assert "package tinyBenchmarks: the tinyBenchmarks package is not installed" in missing
+    assert "./setup.sh --tinybenchmarks" in missing and "tinyBenchmarks_mean" in missing
+
+
+def test_dry_run_of_the_lora_edition_plans_predictions(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    example = REPO / "examples" / "mistral-7b-lora-competition.yaml"
+    assert main(["run", "--config", str(example), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"predict: answers of the merged model(s) to {tmp_path / 'data' / 'test.csv'}" in out
+    assert f"predict: queries file not found: {tmp_path / 'data' / 'test.csv'}" in out.split("missing on this")[1]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test.csv").write_text("id,input,eval_type,answer_choices\n0,Hi,generation,\n")
+    assert main(["run", "--config", str(example), "--dry-run"]) == 0
+    assert "queries file" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_script_runs_builtin_tasks_from_the_mirror_and_predicts(zoo, tmp_path, monkeypatch):
+    """The competition's flow on zoo models, offline: merge -> built-in tasks (BoolQ, tinyBenchmarks,
+    GSM8K) read from a local dataset mirror -> predictions file -> organize, report, budget table."""
+    from tests.evaluate.test_predict import write_queries
+    from tests.helpers.hub_datasets import write_all
+
+    write_all(tmp_path / "datasets", n=3)
+    write_queries(tmp_path / "test.csv", 6)
+    config = {
+        "run": "competition",
+        "base_model": "zoo://base",
+        "models": ["zoo://inc", "zoo://next"],
+        "dtype": "float32",
+        "merge": {"methods": ["task_arithmetic"]},
+        "evaluate": {"roles": ["merged"], "suites": {"builtin": ["boolq", "tinyBenchmarks", "gsm8k"]},
+                     "limit": 3, "num_fewshot": 0, "max_gen_toks": 8, "batch_size": 8},
+        "predict": {"queries": "test.csv", "max_new_tokens": 6},
+    }
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    proc = start_script(tmp_path, "--config", "pipeline.yaml")
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((tmp_path / "organized_results" / "run_summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["zoo", "validate", "merge", "evaluate", "predict",
+                                                      "organize", "report"]
+    assert all(s["status"] == "ok" for s in summary["stages"]), summary["stages"]
+    budget = out.split("peak GPU")[-1]  # the budget table printed at the end
+    assert all(f"\n{stage} " in budget for stage in ("merge", "evaluate", "predict")) and "\ntotal " in budget
+    # Results of the merged model, read from the mirror, the tinyBenchmarks scores labelled as means.
+    files = list((tmp_path / "harness_results").glob("task_arithmetic-*/builtin/results_*.json"))
+    assert len(files) == 1
+    record = json.loads(files[0].read_text())["mergepipe"]
+    assert record["tasks"] == ["boolq", "tinyBenchmarks_mean", "gsm8k"]
+    assert {v["source"] for v in record["datasets"].values()} == {"mirror"}
+    import pandas as pd
+
+    harness = pd.read_csv(tmp_path / "organized_results" / "harness.csv")
+    assert {"boolq", "gsm8k", "tinyArc_mean", "tinyTruthfulQA_mean"} <= set(harness["task"])
+    assert harness.loc[harness["task"] == "tinyMMLU_mean", "aggregation"].str.startswith("mean of items").all()
+    assert "mean of items (not IRT)" in (tmp_path / "organized_results" / "report.md").read_text()
+    # The starter kit's output file for the merged model.
+    predictions = tmp_path / "output" / "competition" / "task_arithmetic" / "test.csv"
+    from tests.evaluate.test_predict import _rows
+
+    rows = _rows(predictions)
+    assert list(rows[0]) == ["id", "prediction", "dummy_field"] and [r["id"] for r in rows] == list("012345")
+
+    # Without the mirror, finished evaluations still plan (nothing to load); unfinished ones would not.
+    from mergepipe.config import load_config
+    from mergepipe.errors import MergepipeError
+    from mergepipe.evaluate.plan import plan_evaluation
+
+    (tmp_path / "datasets").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(tmp_path / "pipeline.yaml")
+    plan = plan_evaluation(config)
+    assert len(plan.jobs) == 1 and plan.jobs[0].spec.is_finished()
+    with pytest.raises(MergepipeError, match="mergepipe datasets fetch boolq tinyBenchmarks gsm8k"):
+        plan_evaluation(config, section=config.evaluate.model_copy(update={"limit": 2}))
 
 
 def test_dry_run_with_an_invalid_config_is_one_line(tmp_path, capsys):

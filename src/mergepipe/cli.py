@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "mergepipe.commands.search",
     "mergepipe.commands.evaluate",
     "mergepipe.commands.eval_harness",
+    "mergepipe.commands.datasets",
+    "mergepipe.commands.predict",
     "mergepipe.commands.job",
     "mergepipe.commands.methods",
     "mergepipe.commands.probe",

@@ -1,4 +1,5 @@
-"""The whole pipeline in one call: prepare -> validate -> merge -> publish -> evaluate -> organize -> report.
+"""The whole pipeline in one call: prepare -> validate -> merge -> publish -> evaluate -> predict -> organize
+-> report.
 
 Every stage reads the previous stage's files on disk and skips finished work, so an
 interrupted run resumes where it stopped. The whole config (every section, the Hub token when
@@ -22,6 +23,7 @@ from mergepipe.core.plugins import registry
 from mergepipe.core.records import Failure, RunSummary, StageSummary
 from mergepipe.core.usage import ResourceMonitor, StageUsage, human_bytes
 from mergepipe.errors import MergepipeError
+from mergepipe.evaluate.harness.preflight import TaskCheck
 from mergepipe.merge.plan import PlannedMerge
 
 
@@ -33,6 +35,12 @@ class Validated:
     plans: list[PlannedMerge]
     bytes_per_merge: int
     hub: HubSection
+    task_checks: dict[str, TaskCheck] = field(default_factory=dict)  # harness suite -> its pre-flight
+    missing: list[str] = field(default_factory=list)  # what a dry run found missing (a run stops on it)
+
+    def notes(self) -> list[str]:
+        return list(dict.fromkeys(n for c in self.task_checks.values() for n in c.notes()
+                                  if not c.fallback_lines()))
 
 
 @dataclass
@@ -46,13 +54,37 @@ class RunReport:
 
 
 def validate(config: PipelineConfig, offline_ok: bool = False) -> Validated:
-    """Pre-flight every stage (the config itself is already validated); raises MergepipeError."""
+    """Pre-flight every stage (the config itself is already validated); raises MergepipeError.
+
+    ``offline_ok`` (dry runs): what is missing on this machine (Hub models not fetched yet,
+    datasets, Python packages, the queries file) is listed in ``missing`` instead of raised.
+    """
+    from mergepipe.evaluate.plan import check_suites
+    from mergepipe.evaluate.queries import read_queries
     from mergepipe.merge.run import prepare
     from mergepipe.publish.settings import check_publishing
 
     hub = check_publishing(config)
     plans, per_merge = prepare(config, offline_ok=offline_ok)
-    return Validated(config, plans, per_merge, hub)
+    missing: list[str] = []
+    checks: dict[str, TaskCheck] = {}
+    ev = config.evaluate
+    if ev.do_harness and ev.suites:
+        checks = check_suites(ev)
+        for suite, check in checks.items():
+            if offline_ok:
+                missing += [f"suite {suite}: {line}" for line in check.missing_lines()]
+                missing += check.fallback_lines()
+            else:
+                check.raise_for_problems()
+    if config.predict.queries is not None:
+        try:
+            read_queries(config.predict.queries)
+        except MergepipeError as exc:
+            if not offline_ok:
+                raise
+            missing.append(f"predict: {exc}")
+    return Validated(config, plans, per_merge, hub, checks, list(dict.fromkeys(missing)))
 
 
 def describe_plan(v: Validated) -> list[str]:
@@ -92,10 +124,26 @@ def describe_plan(v: Validated) -> list[str]:
     else:
         slots = make_slots(ev.device, ev.jobs, ev.gpus)
     n_jobs = n_models * len(suites)
-    lines.append(f"  evaluate {n_models} model(s) x {len(suites)} suite(s) ({', '.join(suites) or 'none'}) = "
-                 f"{n_jobs} job(s) on {len(slots)} slot(s) ({', '.join(s.name for s in slots)}), "
-                 f"about {math.ceil(n_jobs / max(len(slots), 1))} job(s) per slot")
-    lines.append(f"  organize, plot and report into {config.outputs.organized_results}")
+    if suites:
+        lines.append(f"  evaluate {n_models} model(s) x {len(suites)} suite(s) ({', '.join(suites)}) = "
+                     f"{n_jobs} job(s) on {len(slots)} slot(s) ({', '.join(s.name for s in slots)}), "
+                     f"about {math.ceil(n_jobs / max(len(slots), 1))} job(s) per slot")
+    else:
+        lines.append("  evaluate: off (evaluate.do_harness and evaluate.do_holmes are false)")
+    if config.predict.queries is not None:
+        roles = ", ".join(config.predict.roles)
+        lines.append(f"  predict: answers of the {roles} model(s) to {config.predict.queries} into "
+                     f"{config.outputs.predictions / config.run}/<model>/{config.predict.queries.name}")
+    if suites:
+        lines.append(f"  organize, plot and report into {config.outputs.organized_results}")
+    for note in v.notes():
+        lines.append(f"  note: {note}")
+    if remote or v.missing:
+        lines.append("missing on this machine:")
+        lines += [f"  model {name}: not downloaded yet (a run downloads it)" for name in remote]
+        lines += [f"  {line}" for line in v.missing]
+    else:
+        lines.append("nothing missing on this machine")
     return lines
 
 
@@ -197,9 +245,24 @@ def run_pipeline(
     _stage(report, "merge", merge, say)
     if v.hub.push:
         _stage(report, "publish", publish, say)
-    _stage(report, "evaluate", evaluate, say)
-    _stage(report, "organize", organize, say)
-    _stage(report, "report", write_report, say)
+    def predict(stage: StageUsage) -> None:
+        from mergepipe.evaluate.predict import predict_config
+
+        outcomes = predict_config(config, say=say)
+        failed = [(p, e) for p, e in outcomes if e is not None]
+        stage.extra = {"jobs": len(outcomes), "failed_jobs": len(failed)}
+        report.failures += [Failure(stage="predict", job=p.name, message=e or "") for p, e in failed]
+        if failed:
+            stage.status = "partial" if len(failed) < len(outcomes) else "failed"
+
+    evaluates = config.evaluate.do_harness or config.evaluate.do_holmes
+    if evaluates:
+        _stage(report, "evaluate", evaluate, say)
+    if config.predict.queries is not None:
+        _stage(report, "predict", predict, say)
+    if evaluates:  # nothing to organize or report without evaluation results
+        _stage(report, "organize", organize, say)
+        _stage(report, "report", write_report, say)
     if v.hub.push:
         # The cards now carry the evaluation table; local copies may be deleted after this.
         _stage(report, "republish", lambda s: publish(s, final=True), say)

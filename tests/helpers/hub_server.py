@@ -13,6 +13,13 @@ Implements exactly what ``HfApi.create_repo`` + ``HfApi.upload_folder`` (plain L
 - ``GET  /api/models/{repo}[/revision/{rev}]``             repo info (sha, private, siblings)
 - ``GET  /api/models/{repo}/tree/{rev}[/{path}]``          file listing with sizes, oids and LFS sha256
 
+and, for dataset repositories (what ``snapshot_download(repo_type="dataset")`` reads; public,
+no token needed; add them with :meth:`FakeHub.add_dataset`):
+
+- ``GET  /api/datasets/{repo}[/revision/{rev}]``           dataset info (sha, siblings)
+- ``GET  /api/datasets/{repo}/tree/{rev}[/{path}]``        file listing
+- ``HEAD|GET /datasets/{repo}/resolve/{rev}/{path}``       file metadata (commit, etag, size) / content
+
 ``tampered`` paths are listed with a wrong hash, to test verification. API calls must carry
 ``Authorization: Bearer <token>``; the storage URL must not (as with S3).
 Bound to 127.0.0.1 on an ephemeral port; answers 503 after ``max_requests``. Use as a context
@@ -28,6 +35,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -79,6 +87,7 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.errors: list[str] = []
         self.tampered: set[str] = set()  # paths whose listed hash is wrong (a corrupted upload)
+        self.datasets: dict[str, tuple[str, dict[str, bytes]]] = {}  # repo -> (commit sha, files)
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -107,6 +116,13 @@ class FakeHub:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+    def add_dataset(self, repo_id: str, folder: Path) -> str:
+        """Serve the files under ``folder`` as dataset repository ``repo_id``; returns its commit sha."""
+        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        sha = hashlib.sha1(json.dumps(sorted((k, git_oid(v)) for k, v in files.items())).encode()).hexdigest()
+        self.datasets[repo_id] = (sha, files)
+        return sha
 
     # -- inspection --------------------------------------------------------------------------
     def file_bytes(self, repo_id: str, path: str, commit: str | None = None) -> bytes:
@@ -162,7 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has headers only
+            self.wfile.write(body)
 
     def _error(self, status: int, message: str, code: str | None = None) -> None:
         self._send(status, {"error": message}, {"X-Error-Message": message, **({"X-Error-Code": code} if code else {})})
@@ -204,6 +221,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._handle("PUT")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
 
     def _repo(self, repo: str) -> Repo | None:
         found = self.state.repos.get(repo)
@@ -399,6 +419,48 @@ class _Handler(BaseHTTPRequestHandler):
                 entries.append({"type": "file", "path": path, "size": len(found.blobs[oid]), "oid": oid_shown})
         self._send(200, entries)
 
+    # -- dataset repositories ----------------------------------------------------------------
+    def _dataset(self, repo: str, rev: str | None) -> tuple[str, dict[str, bytes]] | None:
+        found = self.state.datasets.get(repo)
+        if found is None:
+            self._error(404, "Repository not found", "RepoNotFound")
+            return None
+        if rev not in (None, "main", found[0]):
+            self._error(404, "Revision not found", "RevisionNotFound")
+            return None
+        return found
+
+    def dataset_info(self, body: bytes, repo: str, rev: str | None = None) -> None:
+        if not (found := self._dataset(repo, rev)):
+            return
+        sha, files = found
+        self._send(200, {"id": repo, "private": False, "gated": False, "sha": sha,
+                         "siblings": [{"rfilename": p} for p in sorted(files)]})
+
+    def dataset_tree(self, body: bytes, repo: str, rev: str, sub: str | None = None) -> None:
+        if not (found := self._dataset(repo, rev)):
+            return
+        prefix = (sub.strip("/") + "/") if sub else ""
+        self._send(200, [{"type": "file", "path": p, "size": len(data), "oid": git_oid(data)}
+                         for p, data in sorted(found[1].items()) if p.startswith(prefix)])
+
+    def dataset_file(self, body: bytes, repo: str, rev: str, path: str) -> None:
+        if not (found := self._dataset(repo, rev)):
+            return
+        sha, files = found
+        if path not in files:
+            self._error(404, "Entry not found", "EntryNotFound")
+            return
+        data = files[path]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", f'"{git_oid(data)}"')
+        self.send_header("X-Repo-Commit", sha)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
 
 ROUTES = [
     ("POST", r"/api/repos/create", _Handler.create_repo),
@@ -410,4 +472,10 @@ ROUTES = [
     ("POST", rf"/api/models/{REPO}/commit/(?P<rev>[^/]+)", _Handler.commit),
     ("GET", rf"/api/models/{REPO}(?:/revision/(?P<rev>[^/]+))?", _Handler.repo_info),
     ("GET", rf"/api/models/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.+))?", _Handler.tree),
+    # huggingface_hub asks for this registry once a day; the test server has none.
+    ("GET", r"/api/agent-harnesses", lambda handler, body: handler._error(404, "not served here")),
+    ("GET", rf"/api/datasets/{REPO}(?:/revision/(?P<rev>[^/]+))?", _Handler.dataset_info),
+    ("GET", rf"/api/datasets/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.+))?", _Handler.dataset_tree),
+    ("HEAD", rf"/datasets/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", _Handler.dataset_file),
+    ("GET", rf"/datasets/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", _Handler.dataset_file),
 ]

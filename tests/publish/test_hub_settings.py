@@ -246,3 +246,16 @@ def test_eval_table_reads_organized_results(tmp_path):
     assert table is not None
     assert table.splitlines()[2:] == ["| holmes: syntax | mean probing score | 0.6123 |", "| zoo_add | acc | 0.5000 |"]
     assert eval_table_from_organized(tmp_path, "demo", "linear") is None
+
+
+def test_eval_table_labels_how_tinybenchmarks_scores_were_aggregated(tmp_path):
+    (tmp_path / "harness.csv").write_text(
+        "run,model_id,task,metric,filter,aggregation,value,stderr\n"
+        "demo,ties-0a1b2c3d,tinyArc_mean,acc_norm,none,mean of items (not IRT): limit 3 < 100,0.5,\n"
+        "demo,ties-0a1b2c3d,tinyMMLU,acc_norm,none,gp-IRT estimate (tinyBenchmarks),0.25,\n"
+        "demo,ties-0a1b2c3d,boolq,acc,none,,0.75,\n"
+    )
+    rows = eval_table_from_organized(tmp_path, "demo", "ties").splitlines()[2:]
+    assert rows == ["| boolq | acc | 0.7500 |",
+                    "| tinyArc_mean | acc_norm, mean of items (not IRT) | 0.5000 |",
+                    "| tinyMMLU | acc_norm, gp-IRT estimate (tinyBenchmarks) | 0.2500 |"]

@@ -14,6 +14,9 @@ from mergepipe.config import DEFAULT_CONFIG, PipelineConfig, apply_overrides, bu
 from mergepipe.config import load_config as _load
 from mergepipe.core.paths import project_root
 
+# Overrides that do not describe a pipeline on their own (the demo still runs with them set).
+SETTINGS_ONLY = {"evaluate.datasets_dir"}
+
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -60,7 +63,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     path = Path(args.config)
     overrides = {**overrides_from_args(args), **{k: v for k, v in (extra or {}).items() if v is not None}}
     if not path.exists() and args.config == DEFAULT_CONFIG:
-        if overrides:
+        if set(overrides) - SETTINGS_ONLY:
             return build_config(apply_overrides({}, overrides), "flags").resolve_paths(Path.cwd())
         # Run from anywhere: the project's own pipeline.yaml (the demo), with its outputs in
         # the project, is the default.

@@ -9,6 +9,7 @@ from pathlib import Path
 from mergepipe.config import HarnessSettings
 from mergepipe.config.evaluate import HARNESS_FIELDS
 from mergepipe.config.options import add_model_options, given, validate_with_flags
+from mergepipe.evaluate.harness.dataset_mirror import ENV_VAR
 
 
 def add_harness_options(parser: argparse.ArgumentParser) -> None:
@@ -47,12 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="role recorded in model_info.json (default: merged if MODEL has a merge record)")
     parser.add_argument("--run", default=None, help="run name recorded in model_info.json")
     parser.add_argument("--force", action="store_true", help="re-run even if results with these settings exist")
+    parser.add_argument("--datasets-dir", type=Path, default=None, metavar="DIR",
+                        help=f"local dataset mirror (default: ${ENV_VAR}, else ./datasets); "
+                             "see 'mergepipe datasets'")
     add_harness_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mergepipe.core.devices import check_gpu_indices
+    from mergepipe.evaluate.harness.dataset_mirror import default_dir
     from mergepipe.evaluate.harness.run import run_harness
     from mergepipe.evaluate.harness.tasks import parse_tasks
 
@@ -63,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     run_harness(args.model, parse_tasks(args.tasks), results_dir=args.results_dir, suite=args.suite,
                 settings=settings, include_paths=args.include_path, device=args.device, role=args.role,
-                run=args.run, force=args.force, revision=args.revision)
+                run=args.run, force=args.force, revision=args.revision,
+                datasets_dir=args.datasets_dir or default_dir())
     return 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ from mergepipe.commands.eval_harness import add_harness_options
 from mergepipe.config import DEFAULT_CONFIG, EvaluateSection
 from mergepipe.config.evaluate import HARNESS_FIELDS
 from mergepipe.config.options import add_model_options, given
+from mergepipe.evaluate.harness.dataset_mirror import ENV_VAR as DATASETS_ENV
 
 # The evaluate-section fields that also are flags (besides the lm-eval settings).
-STAGE_FIELDS = ("roles", "jobs", "gpus", "device", "executor")
+STAGE_FIELDS = ("roles", "jobs", "gpus", "device", "executor", "datasets_dir")
 SWITCHES = ("do_harness", "do_holmes")
 
 
@@ -54,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def section_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``evaluate:`` fields given as flags."""
     out = given(args, (*STAGE_FIELDS, *SWITCHES, *HARNESS_FIELDS))
+    if "datasets_dir" not in out and os.environ.get(DATASETS_ENV):
+        out["datasets_dir"] = os.environ[DATASETS_ENV]  # the environment wins over the file, a flag over both
     if args.include_path:
         out["include_paths"] = [str(p) for p in args.include_path]
     return out

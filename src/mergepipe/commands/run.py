@@ -20,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the whole pipeline: merge, publish, evaluate, organize, plot, report",
         description=(
             "Validate the whole config, then merge -> publish (if hub.push) -> evaluate (harness and "
-            "Holmes suites) -> organize -> plots and report. Finished merges and evaluation jobs are "
-            "skipped, so re-running after an interruption resumes. Prints per-stage wall time and peak "
-            "memory; exits 1 when any stage had failures."
+            "Holmes suites) -> predict (if predict.queries) -> organize -> plots and report. Finished "
+            "merges and evaluation jobs are skipped, so re-running after an interruption resumes. Prints "
+            "per-stage wall time and peak memory; exits 1 when any stage had failures."
         ),
     )
     add_config_argument(parser)
@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="CPU evaluation slots when no GPU is visible (default: config evaluate.jobs)")
     parser.add_argument("--retry-failed", action="store_true", help="re-run evaluation jobs that failed before")
     add_cluster_options(parser, "merges and evaluation jobs")
+    parser.add_argument("--datasets-dir", metavar="DIR",
+                        help="local dataset mirror (default: config evaluate.datasets_dir, $MERGEPIPE_DATASETS_DIR)")
     parser.set_defaults(func=run)
 
 
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from mergepipe.results.report import REPORT_HTML
 
     config = config_from_args(args, {"evaluate.jobs": args.jobs, "merge.executor": args.executor,
-                                     "evaluate.executor": args.executor, "cluster.address": args.ray_address})
+                                     "evaluate.executor": args.executor, "cluster.address": args.ray_address,
+                                     "evaluate.datasets_dir": args.datasets_dir})
     if args.dry_run:
         prepare_plugins(config, RunReport(), print)
         for line in describe_plan(validate(config, offline_ok=True)):

@@ -87,6 +87,7 @@ def render() -> str:
         SearchSection,
         SweepRange,
     )
+    from mergepipe.config.predict import PredictSection
 
     sections: list[tuple[str, type[BaseModel], str, str]] = [
         ("Top level", PipelineConfig, "", "The keys of `pipeline.yaml`. Unknown keys are errors."),
@@ -112,6 +113,8 @@ def render() -> str:
         ("`hub`", HubSection, "hub.",
          "Publishing to the Hugging Face Hub. The token comes only from `HF_TOKEN` or the login cache; "
          "a config containing a token is refused."),
+        ("`predict`", PredictSection, "predict.",
+         "Answers to a queries CSV in the LLM-merging starter kit's format (the competition's output file)."),
     ]
     out = ["# Configuration reference", "",
            "Generated from the config models by `python -m mergepipe.config.docs`; do not edit by hand.", "",

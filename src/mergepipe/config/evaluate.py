@@ -47,6 +47,10 @@ class HarnessSettings(BaseModel):
         gt=0,
         description="evaluate only the first N documents per task (N >= 1) or a fraction (< 1); for smoke tests",
     )
+    max_gen_toks: int | None = Field(
+        default=None, ge=1,
+        description="cap on the tokens a generate_until task generates per item; null = each task's own setting",
+    )
     backend: Literal["hf", "vllm"] = Field(default="hf", description="lm-eval model backend")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="dtype the model is loaded in; auto = the dtype stored in its config"
@@ -83,6 +87,9 @@ class HarnessSettings(BaseModel):
 
 
 HARNESS_FIELDS = tuple(HarnessSettings.model_fields)
+# Settings added after results were first recorded: left out of the settings hash while unset, so
+# results made before they existed keep their identity.
+HASH_OPTIONAL_FIELDS = ("max_gen_toks",)
 
 
 class EvaluateSection(HarnessSettings):
@@ -110,6 +117,15 @@ class EvaluateSection(HarnessSettings):
         description=(
             "extra folders of lm-eval task YAMLs (searched before lm-eval's built-in tasks, which "
             "are indexed only when a requested task is not found here)"
+        ),
+    )
+    datasets_dir: Path = Field(
+        default=Path("datasets"),
+        description=(
+            "local dataset mirror: <datasets_dir>/<dataset_path>/ holds a Hub dataset repository's files "
+            "(README.md with a configs: block, data files), as 'mergepipe datasets fetch' or "
+            "snapshot_download(repo_type='dataset') writes it; a task reads its dataset from here whenever "
+            "it is there (env MERGEPIPE_DATASETS_DIR)"
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = Field(

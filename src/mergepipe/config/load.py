@@ -203,6 +203,7 @@ ENV_OVERRIDES = {
     "DTYPE": "dtype",
     "SEED": "seed",
     "RUN_NAME": "run",
+    "MERGEPIPE_DATASETS_DIR": "evaluate.datasets_dir",
 }
 
 

@@ -1,6 +1,6 @@
 """The pipeline config (``pipeline.yaml``) as one typed tree of pydantic models.
 
-Every section is typed (``merge``, ``outputs``, ``evaluate``, ``holmes``, ``hub``); unknown keys
+Every section is typed (``merge``, ``outputs``, ``evaluate``, ``holmes``, ``hub``, ``predict``); unknown keys
 are errors (a typo must not be silently ignored). Loading, overrides and the one-line error
 format live in :mod:`mergepipe.config.load`.
 
@@ -28,6 +28,7 @@ from mergepipe.config.cluster import ClusterSection
 from mergepipe.config.evaluate import EvaluateSection
 from mergepipe.config.holmes import HolmesSection
 from mergepipe.config.hub import HubSection
+from mergepipe.config.predict import PredictSection
 from mergepipe.config.search import SearchSection
 from mergepipe.errors import did_you_mean
 
@@ -284,6 +285,8 @@ class OutputsSection(_Strict):
     search: Path = Field(
         default=Path("search_results"), description="search studies: <name>/study.db, trials and results"
     )
+    predictions: Path = Field(default=Path("output"),
+                              description="answers to predict.queries: <dir>/<run>/<model>/<queries file name>")
 
 
 class PipelineConfig(_Strict):
@@ -306,6 +309,9 @@ class PipelineConfig(_Strict):
     )
     search: SearchSection = Field(
         default_factory=SearchSection, description="parameter search (section `search`, for 'mergepipe search')"
+    )
+    predict: PredictSection = Field(
+        default_factory=PredictSection, description="answers to a queries CSV (section `predict`)"
     )
 
     @field_validator("run")

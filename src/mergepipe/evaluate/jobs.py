@@ -52,6 +52,8 @@ class HarnessJobSpec(_Spec):
     include_paths: list[Path] = Field(default_factory=list)
     results_dir: Path
     device: str = "auto"
+    datasets_dir: Path | None = Field(default=None, description="the local dataset mirror (read when it has a "
+                                                                 "task's dataset)")
 
     @property
     def key(self) -> str:
@@ -80,7 +82,8 @@ class HarnessJobSpec(_Spec):
 
         run_harness(self.model.reference, self.tasks, results_dir=self.results_dir, suite=self.suite,
                     settings=self.settings, include_paths=self.include_paths, device=self.device,
-                    role=self.model.role, run=self.model.run, revision=self.model.revision)
+                    role=self.model.role, run=self.model.run, revision=self.model.revision,
+                    datasets_dir=self.datasets_dir)
 
 
 class ProbeJobSpec(_Spec):

@@ -1,8 +1,10 @@
 """Plan an evaluation: models x suites -> validated job specs over slots (no heavy work).
 
 Everything is checked before the first job starts: models resolve, task names exist (with
-did-you-mean hints), task YAMLs parse, result and log folders are writable, GPU indices exist,
-the Holmes data folder exists. The result is a list of :mod:`mergepipe.evaluate.jobs` specs.
+did-you-mean hints), task YAMLs parse, their Python functions import and their datasets are
+present or reachable (:mod:`mergepipe.evaluate.harness.preflight`), result and log folders are
+writable, GPU indices exist, the Holmes data folder exists. The result is a list of
+:mod:`mergepipe.evaluate.jobs` specs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from mergepipe.core.paths import check_writable
 from mergepipe.core.plugins import registry
 from mergepipe.core.records import is_merged_model, merged_model_dirs
 from mergepipe.errors import MergepipeError
-from mergepipe.evaluate.harness.tasks import check_backend, include_paths_for, select_tasks
+from mergepipe.evaluate.harness.offline import hub_online
+from mergepipe.evaluate.harness.preflight import TaskCheck, check_tasks
+from mergepipe.evaluate.harness.tasks import check_backend, include_paths_for
 from mergepipe.evaluate.jobs import HarnessJobSpec, JobModel, ProbeJobSpec
 from mergepipe.evaluate.models import PreparedModel, prepare_model
 from mergepipe.evaluate.scheduler import Slot, SpecJob, make_slots
@@ -109,18 +113,29 @@ def plan_evaluation(
     if harness_suites:
         check_writable(out.harness_results, "results dir")
         check_backend(section.backend)
-        all_tasks = sorted({t for s in harness_suites for t in section.suites[s]})
-        # Unknown names and broken YAMLs fail here, before any job starts.
-        include = select_tasks(all_tasks, include_paths_for(section.include_paths), load_builtin=False).include_paths
+        # Unknown names, broken YAMLs, missing packages and datasets fail here, before any job starts.
+        checks = check_suites(section, harness_suites)
         settings = section.harness_settings(config.seed)
-        for entry in entries:
-            for suite in harness_suites:
-                specs.append(HarnessJobSpec(model=entry.job_model(), suite=suite, tasks=list(section.suites[suite]),
-                                            settings=settings, include_paths=include,
-                                            results_dir=out.harness_results))
+        harness_specs = [HarnessJobSpec(model=entry.job_model(), suite=suite, tasks=checks[suite].tasks,
+                                        settings=settings, include_paths=checks[suite].include_paths,
+                                        results_dir=out.harness_results, datasets_dir=section.datasets_dir)
+                         for entry in entries for suite in harness_suites]
+        for suite, check in checks.items():  # a suite whose jobs are all finished needs nothing more
+            if any(s.suite == suite and not s.is_finished() for s in harness_specs):
+                check.raise_for_problems()
+        specs += harness_specs
     if do_holmes:
         specs += probe_specs(config, entries)
     return EvaluationPlan([SpecJob(s) for s in specs], slots, log_dir, entries)
+
+
+def check_suites(section: EvaluateSection, suites: list[str] | None = None) -> dict[str, TaskCheck]:
+    """The pre-flight of every harness suite (tasks, their Python functions and datasets)."""
+    include = include_paths_for(section.include_paths)
+    online = hub_online()
+    return {name: check_tasks(list(section.suites[name]), include, datasets_dir=section.datasets_dir,
+                              limit=section.limit, online=online)
+            for name in (list(section.suites) if suites is None else suites)}
 
 
 def probing_data_dir(config: PipelineConfig) -> Path | None:

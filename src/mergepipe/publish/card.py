@@ -284,6 +284,9 @@ def eval_table_from_organized(organized_dir: Path, run: str, name: str) -> str |
         metric = row.get("metric") or ""
         if (row.get("filter") or "none") not in ("none", ""):
             metric = f"{metric} ({row['filter']})"
+        aggregation = (row.get("aggregation") or "").split(":", 1)[0]
+        if aggregation:  # a tinyBenchmarks IRT estimate or a plain mean: never unlabelled
+            metric = f"{metric}, {aggregation}"
         value = _format_score(row.get("value"))
         if (row.get("stderr") or "") not in ("", "nan", "N/A"):
             value += f" ± {_format_score(row['stderr'])}"

@@ -8,7 +8,9 @@ and schema, 0.4.x: metric keys are ``"<metric>,<filter>"``). Rules:
 - when several files hold the same (model, task, settings), the newest by the timestamp
   recorded *inside* the file wins; the others are reported as superseded;
 - group scores come from lm-eval's own group results; they are never recomputed here;
-- a value lm-eval could not compute (``"N/A"``) is NaN, never a string.
+- a value lm-eval could not compute (``"N/A"``) is NaN, never a string;
+- ``aggregation`` says how a score was aggregated when mergepipe recorded it (a tinyBenchmarks
+  IRT estimate, or the plain mean of its ``_mean`` variant), so the two are never confused.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from mergepipe.core.records import MODEL_INFO, ModelInfo
 
 HARNESS_COLUMNS = [
     "run", "model_id", "role", "merge_method", "merge_parameters", "suite", "task", "group",
-    "metric", "filter", "value", "stderr", "n_samples", "num_fewshot", "chat_template",
+    "metric", "filter", "aggregation", "value", "stderr", "n_samples", "num_fewshot", "chat_template",
     "batch_size", "backend", "dtype", "limit", "lm_eval_version", "evaluated_at", "source_file",
 ]
 ROLE_ORDER = {"base": 0, "expert": 1, "merged": 2, "unknown": 3}
@@ -178,6 +180,9 @@ def parse_results(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         "evaluated_at": datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds"),
         "_ts": stamp,
     }
+    # How a task's items were aggregated, where mergepipe recorded it (tinyBenchmarks: IRT estimate
+    # or plain mean); empty for tasks aggregated the usual way.
+    aggregation = ours.get("aggregation") if isinstance(ours.get("aggregation"), dict) else {}
     rows = []
     for task, entry in entries.items():
         if not isinstance(entry, dict):
@@ -198,6 +203,7 @@ def parse_results(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
                 "group": task if is_group else parent.get(task),
                 "metric": metric,
                 "filter": filt,
+                "aggregation": aggregation.get(task),
                 "value": to_float(value),
                 "stderr": to_float(entry.get(f"{metric}_stderr,{filt}")),
                 "n_samples": to_float(count),

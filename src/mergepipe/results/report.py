@@ -95,8 +95,11 @@ def leaderboard(tables: Tables) -> tuple[list[str], list[str], list[list[str]], 
         elif meta is not None and col in meta.index:
             row = meta.loc[col]
             filt = row["filter"] if isinstance(row["filter"], str) and row["filter"] != "none" else ""
+            agg = row.get("aggregation")
+            agg = agg.split(":", 1)[0] if isinstance(agg, str) and agg else ""
             described.append(f"{row['metric']}{' ' + filt if filt else ''}"
-                             + (" (group)" if str(row.get("is_group")).lower() == "true" else ""))
+                             + (" (group)" if str(row.get("is_group")).lower() == "true" else "")
+                             + (f" · {agg}" if agg else ""))
         else:
             described.append("")
     best_flags: list[list[bool]] = [[False] * len(headers) for _ in range(len(summary))]
@@ -118,6 +121,20 @@ def leaderboard(tables: Tables) -> tuple[list[str], list[str], list[list[str]], 
         cells.append([display_name(str(row["model_id"])), str(row["role"]),
                       method if isinstance(method, str) else "", *[_fmt(row[c]) for c in value_cols]])
     return headers, described, cells, best_flags
+
+
+def aggregation_notes(tables: Tables) -> list[str]:
+    """How the scores of columns with a recorded aggregation were made (tinyBenchmarks: IRT
+    estimates or plain means), one line per kind, naming the columns."""
+    meta = tables.summary_metrics
+    if meta.empty or "aggregation" not in meta:
+        return []
+    groups: dict[str, list[str]] = {}
+    for _, row in meta.iterrows():
+        label = row.get("aggregation")
+        if isinstance(label, str) and label:
+            groups.setdefault(label, []).append(str(row["column"]))
+    return [f"{', '.join(columns)}: {label}" for label, columns in groups.items()]
 
 
 def parameter_text(params: Any) -> str:
@@ -272,6 +289,10 @@ def render_html(tables: Tables, plots_dir: Path, summary: RunSummary, config_tex
     parts.append("<h2>Leaderboard</h2><p>Best value per column marked ★ (direction from lm-eval's "
                  "<code>higher_is_better</code>); – = not evaluated.</p>")
     parts.append(_html_table(headers, cells, best, sub, left=3, role_col=1, details=model_details(tables)))
+    notes = aggregation_notes(tables)
+    if notes:
+        parts.append("<p>How these scores were aggregated:</p><ul>"
+                     + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     outcomes = _outcome_rows(tables)
     if outcomes:
         parts.append("<h2>Merged models vs experts</h2><p class='muted'>Counted over the tasks that at "
@@ -347,6 +368,9 @@ def render_markdown(tables: Tables, plots_dir: Path, results_dir: Path, summary:
     out = [f"# mergepipe report: {run}", "",
            f"{len(tables.summary)} models, {len(tables.tasks)} score columns. Best value per column in bold.",
            "", "## Leaderboard", "", _md_table(heads, cells, best), ""]
+    notes = aggregation_notes(tables)
+    if notes:
+        out += ["How these scores were aggregated:", "", *[f"- {n}" for n in notes], ""]
     outcomes = _outcome_rows(tables)
     if outcomes:
         out += ["## Merged models vs experts", "",

@@ -200,7 +200,7 @@ def primary_metrics(harness: pd.DataFrame) -> pd.DataFrame:
     """
     import pandas as pd
 
-    cols = ["column", "task", "group", "metric", "filter", "higher_is_better", "is_group"]
+    cols = ["column", "task", "group", "metric", "filter", "aggregation", "higher_is_better", "is_group"]
     if harness.empty:
         return pd.DataFrame(columns=cols)
     out = []
@@ -217,7 +217,9 @@ def primary_metrics(harness: pd.DataFrame) -> pd.DataFrame:
         sel = part[(part["metric"] == metric) & (part["filter"] == filt)]
         group = sel["group"].dropna().iloc[0] if sel["group"].notna().any() else None
         hib = sel["higher_is_better"].dropna()
+        agg = sel["aggregation"].dropna() if "aggregation" in sel else sel.iloc[0:0]
         out.append({"column": task, "task": task, "group": group, "metric": metric, "filter": filt,
+                    "aggregation": str(agg.iloc[0]) if len(agg) else None,
                     "higher_is_better": bool(hib.iloc[0]) if len(hib) else
                     "perplexity" not in metric,
                     "is_group": group == task})
@@ -309,7 +311,7 @@ def load_tables(out_dir: Path | str) -> Tables:
         holmes=read(HOLMES_CSV, HOLMES_COLUMNS),
         competences=read(COMPETENCES_CSV, COMPETENCE_COLUMNS),
         summary=read(SUMMARY_CSV, LABEL_COLUMNS),
-        summary_metrics=read(SUMMARY_METRICS_CSV, ["column", "task", "group", "metric", "filter",
+        summary_metrics=read(SUMMARY_METRICS_CSV, ["column", "task", "group", "metric", "filter", "aggregation",
                                                    "higher_is_better", "is_group"]),
         notes=notes,
         out_dir=out_dir,

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import os
 import socket
+from urllib.parse import urlsplit
 
-HUB_HOST = ("huggingface.co", 443)
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint() -> str:
+    """The Hub the libraries talk to (``HF_ENDPOINT``, else huggingface.co)."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def hub_reachable(timeout: float = 1.5) -> bool:
+    parts = urlsplit(hub_endpoint())
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
+        with socket.create_connection((parts.hostname or "huggingface.co", port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -25,9 +33,14 @@ def offline_requested() -> bool:
     return os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
+def hub_online() -> bool:
+    """The Hub may be used: offline mode is not requested and it answers."""
+    return not offline_requested() and hub_reachable()
+
+
 def ensure_offline_if_unreachable() -> bool:
     """Set the HF offline variables when the Hub cannot be reached; True when offline."""
-    if not offline_requested() and hub_reachable():
+    if hub_online():
         return False
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         os.environ[var] = "1"

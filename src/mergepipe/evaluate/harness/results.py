@@ -22,6 +22,7 @@ from typing import Any
 
 from mergepipe import __version__
 from mergepipe.config import HarnessSettings
+from mergepipe.config.evaluate import HASH_OPTIONAL_FIELDS
 from mergepipe.core.atomic import remove_stale_temporaries
 from mergepipe.core.locks import FileLock
 
@@ -39,7 +40,9 @@ def default_suite_name(tasks: list[str]) -> str:
 
 def settings_hash(model_id: str, tasks: list[str], settings: HarnessSettings) -> str:
     """The identity of a harness job's results: same hash = same scores expected."""
-    payload = {"model_id": model_id, "tasks": sorted(tasks), **settings.model_dump(mode="json")}
+    fields = {k: v for k, v in settings.model_dump(mode="json").items()
+              if not (k in HASH_OPTIONAL_FIELDS and v is None)}
+    payload = {"model_id": model_id, "tasks": sorted(tasks), **fields}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -25,6 +25,9 @@ from mergepipe.core.locks import this_host
 from mergepipe.core.paths import check_writable
 from mergepipe.core.records import ModelInfo
 from mergepipe.errors import MergepipeError
+from mergepipe.evaluate.harness import tinybench
+from mergepipe.evaluate.harness.dataset_mirror import mirror_record, reading_from_mirror
+from mergepipe.evaluate.harness.preflight import TaskCheck, check_tasks
 from mergepipe.evaluate.harness.results import (
     RESULTS_GLOB,
     SUITE_RE,
@@ -80,14 +83,22 @@ def run_harness(
     run: str | None = None,
     force: bool = False,
     revision: str | None = None,
+    datasets_dir: Path | str | None = None,
 ) -> HarnessOutcome:
     """Evaluate ``model`` on ``tasks`` and write ``<results_dir>/<model-id>/<suite>/``.
 
     Skips the work (status "skipped") when results with the same settings hash exist, unless
-    ``force``. Raises MergepipeError for bad input, before loading anything heavy.
+    ``force``. Raises MergepipeError for bad input, before loading anything heavy: unknown tasks,
+    a missing Python package or dataset (:mod:`mergepipe.evaluate.harness.preflight`).
+    tinyBenchmarks tasks whose IRT estimate cannot be computed here run as their ``_mean``
+    variants (:mod:`mergepipe.evaluate.harness.tinybench`). Datasets the mirror ``datasets_dir``
+    holds are read from it.
     """
     settings = settings or HarnessSettings()
-    tasks = parse_tasks(tasks)
+    requested = parse_tasks(tasks)
+    tasks, substitution = tinybench.substitute(requested, settings.limit)
+    if any(tinybench.is_mean_variant(t) for t in tasks):
+        substitution = substitution or tinybench.irt_unavailable_reason(settings.limit)
     suite = suite or default_suite_name(tasks)
     if not SUITE_RE.match(suite):
         raise MergepipeError(f"--suite: {suite!r} must be letters, digits, '.', '_', '+' or '-'")
@@ -108,7 +119,14 @@ def run_harness(
             print(f"skip: {prepared.model_id}/{suite} already evaluated with these settings ({done.name})")
             return HarnessOutcome(prepared.model_id, suite, "skipped", done, scores_of(done))
 
-        selection = select_tasks(tasks, include_paths_for(include_paths))
+        mirror = Path(datasets_dir).expanduser().resolve() if datasets_dir is not None else None
+        check = check_tasks(requested, include_paths_for(include_paths), datasets_dir=mirror, limit=settings.limit)
+        check.raise_for_problems()  # before the model is loaded
+        if substitution and tasks != requested:
+            changed = ", ".join(t for t in tasks if tinybench.is_mean_variant(t))
+            print(f"note: tinyBenchmarks scored as plain means of the items ({changed}): {substitution}",
+                  flush=True)
+        selection = select_tasks(tasks, check.include_paths)
         remove_incomplete(model_dir, suite_dir)
         device = choose_device(device, "--device")
         print(
@@ -125,9 +143,11 @@ def run_harness(
         try:
             start = time.perf_counter()
             tracker = _tracker(staging)
-            results, samples = _evaluate(prepared, tasks, settings, selection, device, tracker)
+            with reading_from_mirror(mirror) as from_mirror, tinybench.irt_parameters_in_place():
+                results, samples = _evaluate(prepared, tasks, settings, selection, device, tracker)
             wall = time.perf_counter() - start
             results["mergepipe"] = _record(prepared, suite, tasks, job_hash, settings, device, selection, wall)
+            results["mergepipe"].update(_provenance(requested, results, substitution, check, from_mirror))
             final = _write_results(tracker, results, samples, staging, suite_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -156,6 +176,7 @@ def _record(prepared: PreparedModel, suite: str, tasks: list[str], job_hash: str
         "num_fewshot": settings.num_fewshot,
         "apply_chat_template": settings.apply_chat_template,
         "limit": settings.limit,
+        "max_gen_toks": settings.max_gen_toks,
         "seed": settings.seed,
         "seeds": {"python": settings.seeds[0], "numpy": settings.seeds[1], "torch": settings.seeds[2],
                   "fewshot": settings.seeds[3]},
@@ -165,6 +186,27 @@ def _record(prepared: PreparedModel, suite: str, tasks: list[str], job_hash: str
         "builtin_tasks_indexed": selection.uses_builtin,
         "wall_seconds": round(wall, 3),
         **versions(),
+    }
+
+
+def _provenance(requested: list[str], results: dict[str, Any], substitution: str | None, check: TaskCheck,
+                from_mirror: dict[str, str]) -> dict[str, Any]:
+    """How each score was aggregated and where each dataset was read from."""
+    names = [*(results.get("results") or {}), *(results.get("groups") or {})]
+    sources: dict[str, Any] = {}
+    for located in check.datasets:
+        path = located.ref.path
+        if path in from_mirror:
+            record = mirror_record(Path(from_mirror[path])) or {}
+            sources[path] = {"source": "mirror", "folder": from_mirror[path], "sha": record.get("sha")}
+        else:
+            sources.setdefault(path, {"source": {"cache": "Hugging Face cache", "hub": "Hub"}.get(
+                located.where, located.where)})
+    return {
+        "requested_tasks": requested,
+        "aggregation": tinybench.aggregation_labels(names, substitution),
+        "datasets_dir": str(check.datasets_dir) if check.datasets_dir else None,
+        "datasets": sources,
     }
 
 
@@ -190,6 +232,7 @@ def _evaluate(prepared: PreparedModel, tasks: list[str], settings: HarnessSettin
             limit=settings.lm_eval_limit(),
             log_samples=True,
             evaluation_tracker=tracker,
+            gen_kwargs={"max_gen_toks": settings.max_gen_toks} if settings.max_gen_toks else None,
             apply_chat_template=settings.apply_chat_template,
             fewshot_as_multiturn=settings.apply_chat_template,
             task_manager=selection.task_manager,

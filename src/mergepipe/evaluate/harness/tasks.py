@@ -1,16 +1,15 @@
 """Which lm-eval tasks a job runs: names resolved, task folders checked, built-in tasks indexed
 only when needed.
 
-Only the task folders we know of (``include_paths``, and a plugin's folder for a task name it
-provides, such as the demo zoo's) are indexed; lm-eval's thousands of built-in task YAMLs are
-indexed only when a requested name is not found there. No task is special-cased here: a
-plugin's tasks are found through :mod:`mergepipe.core.plugins`.
+Only the task folders we know of (``include_paths``, a plugin's folder for a task name it
+provides, such as the demo zoo's, and the generated tinyBenchmarks ``_mean`` folder) are
+indexed; lm-eval's thousands of built-in task YAMLs are looked up in a cached index, and a job
+indexes only the built-in folders its tasks live in. No task is special-cased here: a plugin's
+tasks are found through :mod:`mergepipe.core.plugins`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,11 @@ from typing import Any
 
 from mergepipe.core.plugins import registry
 from mergepipe.errors import MergepipeError, close_matches
+from mergepipe.evaluate.harness.catalog import Resolution, builtin_index, builtin_task_names, describe_manager, resolve
 from mergepipe.evaluate.harness.offline import ensure_offline_if_unreachable
-from mergepipe.evaluate.harness.results import versions
+
+__all__ = ["FoundTasks", "TaskSelection", "builtin_task_names", "check_backend", "check_task_yamls",
+           "find_tasks", "include_paths_for", "parse_tasks", "select_tasks"]
 
 
 def parse_tasks(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -80,36 +82,72 @@ class TaskSelection:
     task_manager: Any
     uses_builtin: bool
     include_paths: list[Path] = field(default_factory=list)
+    resolution: Resolution | None = None
 
 
-def builtin_task_names() -> list[str]:
-    """Names of lm-eval's built-in tasks, groups and tags, cached per lm-eval version.
+@dataclass
+class FoundTasks:
+    """Every requested name found: in the include paths (ours, plugins', generated) or built in."""
 
-    Indexing the built-in YAMLs takes seconds to tens of seconds; the names only change with
-    the lm-eval version, so validating a task name (and suggesting close ones) is instant after
-    the first time.
-    """
-    from mergepipe.core.atomic import write_json
-    from mergepipe.core.paths import cache_dir
+    tasks: list[str]
+    include_paths: list[Path]
+    manager: Any  # a TaskManager over ``include_paths`` only
+    builtin: list[str]  # requested names only lm-eval's built-in tasks define
+    _entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    version = versions()["lm_eval_version"]
-    cache = cache_dir() / f"lm_eval_task_names-{version}.json"
-    try:
-        names = json.loads(cache.read_text(encoding="utf-8"))
-        if isinstance(names, list):
-            return names
-    except (OSError, json.JSONDecodeError):
-        pass
-    from lm_eval.tasks import TaskManager
+    def lookup(self, name: str) -> dict[str, Any] | None:
+        if name in self._entries:
+            return self._entries[name]
+        return builtin_index().get(name)
 
-    names = list(TaskManager(include_defaults=True).all_tasks)
-    with contextlib.suppress(OSError):  # a read-only cache only costs time
-        write_json(cache, names)
-    return names
+    def resolve(self) -> Resolution:
+        return resolve(self.tasks, self.lookup)
 
 
 def _missing(manager: Any, tasks: list[str]) -> list[str]:
     return [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
+
+
+def find_tasks(tasks: list[str], include_paths: list[Path]) -> FoundTasks:
+    """Find every requested name; a one-line error names unknown ones with their closest known names.
+
+    Only the task folders we know of are indexed (the user's, and a plugin's or the generated
+    tinyBenchmarks ``_mean`` folder for a name it provides); lm-eval's built-in tasks come from
+    the cached index (:mod:`mergepipe.evaluate.harness.catalog`).
+    """
+    from lm_eval.tasks import TaskManager
+
+    from mergepipe.evaluate.harness import tinybench
+
+    include_paths = list(include_paths)
+    check_task_yamls(include_paths)
+    manager = TaskManager(include_path=[str(p) for p in include_paths] or None, include_defaults=False)
+    missing = _missing(manager, tasks)
+    # A plugin that provides a missing name adds its folder (built on first use).
+    extra: list[Path] = []
+    for name in missing:
+        source = registry().task_source_for(name)
+        folder = Path(source.include_path()) if source is not None else (
+            tinybench.mean_tasks_folder() if tinybench.provides(name) else None)
+        if folder is not None and folder not in include_paths and folder not in extra:
+            extra.append(folder)
+    if extra:
+        include_paths += extra
+        manager = TaskManager(include_path=[str(p) for p in include_paths], include_defaults=False)
+        missing = _missing(manager, tasks)
+    builtin: list[str] = []
+    if missing:
+        known_builtin = builtin_index()
+        unknown = [t for t in missing if t not in known_builtin]
+        if unknown:
+            known = set(manager.all_tasks) | set(known_builtin)
+            parts = []
+            for name in unknown:
+                close = close_matches(name, known, n=3)
+                parts.append(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            raise MergepipeError(f"unknown lm-eval task {'; '.join(parts)}")
+        builtin = missing
+    return FoundTasks(list(tasks), include_paths, manager, builtin, describe_manager(manager))
 
 
 def select_tasks(tasks: list[str], include_paths: list[Path], load_builtin: bool = True) -> TaskSelection:
@@ -117,44 +155,27 @@ def select_tasks(tasks: list[str], include_paths: list[Path], load_builtin: bool
 
     Raises a one-line error naming unknown tasks with their closest known names. With
     ``load_builtin`` False the names are only validated (the scheduler's pre-flight check).
+    Built-in tasks are loaded by indexing only the folders that define them (found in the cached
+    index); lm-eval's whole task tree is indexed only if that ever misses a name.
     """
-    from lm_eval.tasks import TaskManager
-
-    include_paths = list(include_paths)
-    check_task_yamls(include_paths)
-    paths = [str(p) for p in include_paths] or None
-    manager = TaskManager(include_path=paths, include_defaults=False)
-    missing = _missing(manager, tasks)
-    # A plugin that provides a missing name adds its folder (built on first use).
-    plugin_paths = []
-    for name in missing:
-        source = registry().task_source_for(name)
-        if source is not None:
-            folder = Path(source.include_path())
-            if folder not in include_paths and folder not in plugin_paths:
-                plugin_paths.append(folder)
-    if plugin_paths:
-        include_paths += plugin_paths
-        paths = [str(p) for p in include_paths]
-        manager = TaskManager(include_path=paths, include_defaults=False)
-        missing = _missing(manager, tasks)
-    if not missing:
-        return TaskSelection(manager, False, include_paths)
-    builtin = builtin_task_names()
-    unknown = [t for t in missing if t not in builtin]
-    if unknown:
-        known = set(manager.all_tasks) | set(builtin)
-        parts = []
-        for name in unknown:
-            close = close_matches(name, known, n=3)
-            parts.append(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise MergepipeError(f"unknown lm-eval task {'; '.join(parts)}")
+    found = find_tasks(tasks, include_paths)
+    resolution = found.resolve()
+    uses_builtin = bool(found.builtin or resolution.builtin_folders)
+    if not uses_builtin:
+        return TaskSelection(found.manager, False, found.include_paths, resolution)
     # Built-in tasks fetch their data from the Hub: go offline up front when it is unreachable,
     # so a missing dataset fails in one clear line instead of after minutes of retries.
     ensure_offline_if_unreachable()
+    manager = found.manager
     if load_builtin:
-        manager = TaskManager(include_path=paths, include_defaults=True)
-    return TaskSelection(manager, True, include_paths)
+        from lm_eval.tasks import TaskManager
+
+        paths = [str(p) for p in (*resolution.builtin_folders, *found.include_paths)]
+        manager = TaskManager(include_path=paths, include_defaults=False)
+        if _missing(manager, tasks):
+            manager = TaskManager(include_path=[str(p) for p in found.include_paths] or None,
+                                  include_defaults=True)
+    return TaskSelection(manager, True, found.include_paths, resolution)
 
 
 def leaf_tasks(manager: Any, name: str) -> set[str]:
