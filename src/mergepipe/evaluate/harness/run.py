@@ -111,6 +111,17 @@ def run_harness(
     suite_dir = model_dir / suite
     info = ModelInfo.describe(prepared.model_id, prepared.reference, prepared.local_dir, role=role, run=run)
 
+    mirror = Path(datasets_dir).expanduser().resolve() if datasets_dir is not None else None
+
+    def preflight() -> TaskCheck:
+        found = check_tasks(requested, include_paths_for(include_paths), datasets_dir=mirror, limit=settings.limit)
+        found.raise_for_problems()
+        return found
+
+    # Pre-flight before anything is written (not even the lock): a missing package or dataset
+    # leaves no trace. Finished results need neither, so they are reused without the check.
+    check = preflight() if force or find_finished(suite_dir, job_hash) is None else None
+
     # One writer per model and suite, across runs and hosts: a second run waits, then reuses.
     with results_lock(model_dir, suite, prepared.model_id):
         done = None if force else find_finished(suite_dir, job_hash)
@@ -118,10 +129,8 @@ def run_harness(
             info.write(results_dir)
             print(f"skip: {prepared.model_id}/{suite} already evaluated with these settings ({done.name})")
             return HarnessOutcome(prepared.model_id, suite, "skipped", done, scores_of(done))
-
-        mirror = Path(datasets_dir).expanduser().resolve() if datasets_dir is not None else None
-        check = check_tasks(requested, include_paths_for(include_paths), datasets_dir=mirror, limit=settings.limit)
-        check.raise_for_problems()  # before the model is loaded
+        if check is None:  # the results seen before the lock were removed meanwhile
+            check = preflight()
         if substitution and tasks != requested:
             changed = ", ".join(t for t in tasks if tinybench.is_mean_variant(t))
             print(f"note: tinyBenchmarks scored as plain means of the items ({changed}): {substitution}",
