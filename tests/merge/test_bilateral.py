@@ -11,7 +11,7 @@ from mergekit.merge_methods import merge_state_dicts, registry
 from safetensors.torch import load_file
 
 import mergepipe.merge.methods as custom_methods
-from mergepipe.merge.methods.bilateral import METHOD_NAME, bilateral_delta
+from mergepipe.merge.methods.bilateral import METHOD_NAME, bilateral_delta, check_solver
 
 torch.set_num_threads(1)
 
@@ -48,7 +48,7 @@ def test_registered_once_and_catalogued():
     names = [m.spec.name for m in registry.registered_methods()]
     assert names.count(METHOD_NAME) == 1
     info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
-    assert info["description"] and info["defaults"] == {"eps": 1e-12}
+    assert info["description"] and info["defaults"] == {"eps": 1e-12, "solver": "lowrank", "rank": 256}
 
 
 def test_single_expert_returns_the_expert(family):
@@ -195,3 +195,77 @@ def test_run_merge_by_name_in_a_config(tiny_models, tmp_path):
     for name in merged:
         torch.testing.assert_close(merged[name].float(), reference[name].to(torch.bfloat16).float(),
                                    atol=2e-2, rtol=2e-2, msg=name)
+
+
+# ---------------------------------------------------------------- the low-rank (default) solver
+
+
+def _decaying(k: int, out_dim: int, in_dim: int, alpha: float, seed: int) -> torch.Tensor:
+    """K task vectors with singular values ~ i^-alpha on random singular vectors."""
+    gen = torch.Generator().manual_seed(seed)
+    r = min(out_dim, in_dim)
+    sigma = torch.arange(1, r + 1, dtype=torch.float32).pow(-alpha)
+    out = []
+    for _ in range(k):
+        u, _ = torch.linalg.qr(torch.randn(out_dim, r, generator=gen))
+        v, _ = torch.linalg.qr(torch.randn(in_dim, r, generator=gen))
+        out.append((u * sigma) @ v.T)
+    return torch.stack(out)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_lowrank_equals_exact_when_every_rank_fits_its_share():
+    """LoRA-like experts (rank 4) on a 300 x 500 matrix, budget 24 = 8 per expert: exact."""
+    gen = torch.Generator().manual_seed(11)
+    deltas = torch.stack([torch.randn(300, 4, generator=gen) @ torch.randn(4, 500, generator=gen) for _ in range(3)])
+    exact = bilateral_delta(deltas, solver="exact")
+    low = bilateral_delta(deltas, solver="lowrank", rank=24)
+    assert _rel(low, exact) < 1e-4
+
+
+def test_narrow_matrices_are_solved_exactly():
+    """The smaller side (40) fits the budget: full factors, the exact answer, at any K."""
+    deltas = _decaying(6, 40, 700, 0.3, seed=2)
+    assert _rel(bilateral_delta(deltas, rank=64), bilateral_delta(deltas, solver="exact")) < 1e-4
+
+
+def test_lowrank_keeps_the_sanity_properties_when_it_truncates():
+    full = _decaying(3, 200, 300, 0.5, seed=5)  # full-rank experts, budget 16: truncated
+    # K = 1 and identical experts: the expert itself, not its rank-16 approximation.
+    torch.testing.assert_close(bilateral_delta(full[:1], rank=16), full[0])
+    torch.testing.assert_close(bilateral_delta(full[1:2].repeat(4, 1, 1), rank=16), full[1], atol=1e-6, rtol=1e-4)
+    # Experts on orthogonal input and output subspaces, each within its share: the sum.
+    gen = torch.Generator().manual_seed(6)
+    u, _ = torch.linalg.qr(torch.randn(200, 8, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(300, 8, generator=gen))
+    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
+    b = u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:].T
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, b]), rank=16), a + b, atol=1e-5, rtol=1e-4)
+
+
+def test_lowrank_is_close_to_exact_on_decaying_spectra_and_deterministic():
+    """Singular values ~ 1/i (fine-tuning-like decay), 256 x 640, budget 64: a few % off exact;
+    the budget buys accuracy (128 is closer than 32)."""
+    deltas = _decaying(2, 256, 640, 1.0, seed=8)
+    exact = bilateral_delta(deltas, solver="exact")
+    errors = {r: _rel(bilateral_delta(deltas, rank=r), exact) for r in (32, 64, 128)}
+    assert errors[64] < 0.08, errors
+    assert errors[128] < errors[32], errors
+    # One fixed sketch: the same inputs give bit-identical merges.
+    assert torch.equal(bilateral_delta(deltas, rank=64), bilateral_delta(deltas, rank=64))
+
+
+def test_solver_and_rank_are_checked():
+    with pytest.raises(ValueError, match="solver must be one of lowrank, exact"):
+        check_solver("fast", 256)
+    with pytest.raises(ValueError, match="rank must be a whole number"):
+        check_solver("lowrank", 0)
+
+
+def test_exact_solver_by_name_in_a_merge(family):
+    base, experts = family
+    # The tiny family's matrices are narrower than the budget: both solvers give the same merge.
+    _assert_states_close(_merge(base, experts, parameters={"solver": "exact"}), _merge(base, experts))

@@ -22,7 +22,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from mergepipe.errors import ConfigError, did_you_mean
 
@@ -93,10 +93,14 @@ class ParameterInfo:
     per_model: bool  # one value per expert (weight, density, ...) rather than one shared value
     default: Any  # None when required and without default
     required: bool
+    choices: tuple[str, ...] = ()  # the allowed values of a Literal[...] parameter (e.g. a solver)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type_name, "per_model": self.per_model,
-                "default": self.default, "required": self.required}
+        out = {"name": self.name, "type": self.type_name, "per_model": self.per_model,
+               "default": self.default, "required": self.required}
+        if self.choices:
+            out["choices"] = list(self.choices)
+        return out
 
 
 @dataclass(frozen=True)
@@ -153,12 +157,15 @@ def catalogue() -> dict[str, MethodInfo]:
         for p in spec.parameters:
             mk_default = None if p.default is MISSING else p.default
             default = defaults.get(p.name, mk_default)
+            choices = tuple(get_args(p.value_type)) if get_origin(p.value_type) is Literal else ()
             params.append(ParameterInfo(
                 name=p.name,
-                type_name=getattr(p.value_type, "__name__", str(p.value_type)).replace("Optional", "float"),
+                type_name="str" if choices else
+                getattr(p.value_type, "__name__", str(p.value_type)).replace("Optional", "float"),
                 per_model=p.scope in (ParameterScope.INPUT, ParameterScope.NON_BASE),
                 default=default,
                 required=p.default is MISSING and p.name not in defaults,
+                choices=choices,
             ))
         min_experts, max_experts = _expert_bounds(layout, contract)
         out[spec.name] = MethodInfo(
@@ -304,6 +311,11 @@ def _check_value(method: MethodInfo, p: ParameterInfo, value: Any, k: int, where
     if value == "1/K":
         value = 1.0 / k
     field_name = f"{where}.parameters.{p.name}"
+    if p.choices:
+        if value not in p.choices:
+            raise ConfigError(f"{field_name}: {value!r} is not one of {', '.join(p.choices)}"
+                              f"{did_you_mean(str(value), p.choices)}")
+        return value
     if p.type_name == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{field_name}: expected true or false, got {value!r}")
@@ -322,7 +334,7 @@ def _check_value(method: MethodInfo, p: ParameterInfo, value: Any, k: int, where
             if not ok:
                 lo_b, hi_b = ("[" if lo_inc else "("), ("]" if hi_inc else ")")
                 raise ConfigError(f"{field_name}: {value!r} is outside {lo_b}{lo}, {hi}{hi_b}")
-        if p.name in ("max_iter",) and value < 1:
+        if p.name in ("max_iter", "rank") and value < 1:
             raise ConfigError(f"{field_name}: must be at least 1, got {value!r}")
         return int(value) if p.type_name == "int" else float(value)
     return value

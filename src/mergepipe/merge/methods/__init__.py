@@ -1,19 +1,32 @@
-"""mergepipe's own merge methods, registered with mergekit by name at import.
+"""mergepipe's own merge methods and the 2025 data-free baselines, registered with mergekit by name
+at import.
 
 Import this package before ``run_merge`` and the methods are usable in any mergekit config
-(``merge_method: bilateral_consensus``). Importing twice is harmless: mergekit's registry
-rejects duplicate names, so registration is skipped for names already present.
+(``merge_method: bilateral_consensus``, ``tsv``, ``iso_c``, ``iso_cts``, ``wudi``). Importing
+twice is harmless: mergekit's registry rejects duplicate names, so registration is skipped for
+names already present.
 """
 
 from __future__ import annotations
 
 from mergekit.merge_methods import registry
 
-from mergepipe.merge.methods import bilateral
+from mergepipe.merge.methods import bilateral, iso, tsv, wudi
 
-METHODS = (bilateral.bilateral_consensus_merge,)
-# Read by mergepipe.merge.catalogue: one-line description and default parameters per method.
-CATALOGUE_INFO = {bilateral.METHOD_NAME: bilateral.CATALOGUE_INFO}
+METHODS = (
+    bilateral.bilateral_consensus_merge,
+    tsv.tsv_merge,
+    iso.iso_c_merge,
+    iso.iso_cts_merge,
+    wudi.wudi_merge,
+)
+# Read by mergepipe.merge.catalogue: layout, one-line description and default parameters per method.
+CATALOGUE_INFO = {
+    bilateral.METHOD_NAME: bilateral.CATALOGUE_INFO,
+    tsv.METHOD_NAME: tsv.CATALOGUE_INFO,
+    **iso.CATALOGUE_INFO,
+    wudi.METHOD_NAME: wudi.CATALOGUE_INFO,
+}
 
 
 def register_all() -> None:

@@ -20,7 +20,15 @@ one expert learned alone is added in full, what several learned together is coun
   ``sum_i |r_i|^2 r_i / sum_i |r_i|^2``. Input-embedding rows add every expert's change to
   the token, divided by how many experts changed it in the same direction. One token's
   update never leaks into another.
-* Inputs are upcast to at least float32, the spectral step runs in float64 (Gram matrices
+* The default solver (``solver: lowrank``) works in the experts' joint row and column
+  spaces: each task vector is factored by a randomized range finder to rank ``ceil(rank / K)``
+  (``rank`` = 256 per side by default; in full when the matrix's smaller side is at most
+  ``rank``), the objective is solved exactly inside the joint subspaces (a ``rank x rank``
+  problem) and the part of each task vector outside its factor is averaged over the experts.
+  Cost per matrix O(out * in * rank), like TIES linear in the matrix size. When every expert's
+  rank fits its share (LoRA experts, narrow matrices) the answer is the exact one.
+  ``solver: exact`` keeps the full eigendecompositions (O(out^3 + in^3)).
+* Inputs are upcast to at least float32, the small spectral step runs in float64 (Gram matrices
   square the condition number), on whatever device mergekit hands the tensors to.
 
 docs/methods/bilateral_consensus.md has the derivation, the comparison with TSV-Merge,
@@ -28,6 +36,9 @@ Iso-C/Iso-CTS and WUDI, and the cost.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Literal
 
 import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, TensorGroup
@@ -37,7 +48,17 @@ from mergepipe.core.tensor_names import is_input_embedding, is_vocabulary_tensor
 
 METHOD_NAME = "bilateral_consensus"
 
-DEFAULTS: dict[str, float] = {"eps": 1e-12}
+Solver = Literal["lowrank", "exact"]
+SOLVERS: tuple[str, ...] = ("lowrank", "exact")
+
+DEFAULTS: dict[str, float | int | str] = {"eps": 1e-12, "solver": "lowrank", "rank": 256}
+
+# Oversampling of the randomized range finder (Halko, Martinsson & Tropp 2011, sec. 4.2: 5-10
+# extra columns make the captured subspace nearly as good as the optimal one).
+OVERSAMPLE = 8
+# The sketches use one fixed Gaussian test matrix, the same for every expert: merges are
+# reproducible, and identical experts get identical factors (so they return that expert).
+SKETCH_SEED = 20250615
 
 # Read by mergepipe.merge.catalogue (via mergepipe.merge.methods.CATALOGUE_INFO).
 CATALOGUE_INFO = {
@@ -48,7 +69,6 @@ CATALOGUE_INFO = {
     ),
     "defaults": dict(DEFAULTS),
 }
-
 
 
 def vocabulary_axis(name: str | None, axis: int | None, ndim: int) -> int | None:
@@ -78,7 +98,7 @@ def _weighted_mean(deltas: torch.Tensor, reduce_dims: tuple[int, ...]) -> torch.
     return (energy * deltas).sum(0) / total.clamp_min(_tiny(total))
 
 
-def _bilateral(deltas: torch.Tensor, eps: float) -> torch.Tensor:
+def _bilateral_exact(deltas: torch.Tensor, eps: float) -> torch.Tensor:
     """Closed-form minimiser for stacked matrices [K, out, in].
 
     With ``A_i = tau_i^T tau_i`` and ``B_i = tau_i tau_i^T`` the objective
@@ -110,6 +130,68 @@ def _bilateral(deltas: torch.Tensor, eps: float) -> torch.Tensor:
     return (p @ solved @ q.T).to(deltas.dtype)
 
 
+def _sketch_matrix(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(SKETCH_SEED)
+    return torch.randn(rows, cols, generator=generator, dtype=torch.float32).to(like)
+
+
+def _factor(t: torch.Tensor, share: int, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``t ~ L diag(s) R^T`` with at most ``share`` columns: the randomized range finder with one
+    power iteration (Halko et al. 2011, Alg. 4.4), three passes over ``t``, all matrix products.
+    Exact when ``rank(t) <= share``."""
+    q_left, _ = torch.linalg.qr(t @ omega)
+    q_right, _ = torch.linalg.qr(t.T @ q_left)
+    q_left, core = torch.linalg.qr(t @ q_right)  # t q_right q_right^T = q_left core q_right^T
+    a, s, bt = torch.linalg.svd(core.double())
+    keep = min(share, s.numel())
+    return q_left @ a[:, :keep].to(t), s[:keep], q_right @ bt[:keep].T.to(t)
+
+
+def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int) -> torch.Tensor:
+    """The bilateral minimiser restricted to the experts' joint subspaces, for [K, out, in].
+
+    Every task vector is factored to rank ``ceil(rank / K)`` (in full when its smaller side is at
+    most ``rank``); ``U`` and ``V`` are orthonormal bases of the joint column and row spaces of
+    the factors (at most ``rank``, resp. ``K * smaller side``, columns each). The
+    objective is then solved exactly for ``M = U X V^T`` (``H`` and ``G`` act inside ``U`` and
+    ``V`` only), a problem of size ``rank x rank``. What each factor leaves out of its task
+    vector (the weak tail of its spectrum) is averaged over the experts: in the exact solution
+    those directions are weighted means of the experts' tails, and the mean keeps "identical
+    experts return the expert" exact. Cost O(out * in * rank) in float32 matrix products plus
+    O(rank^3) in float64 (O(K * out * in * smaller) and O((K * smaller)^3) for a narrow matrix).
+    """
+    k, out_dim, in_dim = deltas.shape
+    x = deltas.float() if deltas.dtype != torch.float64 else deltas
+    smaller = min(out_dim, in_dim)
+    # A matrix whose smaller side fits the budget is factored in full (exact factors): the joint
+    # spaces then have at most K * smaller columns, whatever the larger side.
+    share = smaller if smaller <= rank else max(1, math.ceil(rank / k))
+    width = min(share + OVERSAMPLE, out_dim, in_dim)
+    omega = _sketch_matrix(in_dim, width, x)
+    lefts, spectra, rights = [], [], []
+    tail = torch.zeros_like(x[0])
+    for t in x:
+        left, s, right = _factor(t, share, omega)
+        lefts.append(left)
+        spectra.append(s)
+        rights.append(right)
+        tail += t
+        tail -= (left * s.to(left)) @ right.T
+    u, _ = torch.linalg.qr(torch.cat(lefts, 1))
+    v, _ = torch.linalg.qr(torch.cat(rights, 1))
+    small = torch.stack([
+        ((u.T @ left).double() * s) @ (right.T @ v).double() for left, s, right in zip(lefts, spectra, rights)
+    ])
+    solved = _bilateral_exact(small, eps).to(x)
+    return ((u @ solved) @ v.T + tail / k).to(deltas.dtype)
+
+
+def _bilateral(deltas: torch.Tensor, eps: float, solver: str = "lowrank", rank: int = 256) -> torch.Tensor:
+    if solver == "exact":
+        return _bilateral_exact(deltas, eps)
+    return _bilateral_lowrank(deltas, eps, rank)
+
+
 def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
     """Per row of [K, rows, width]: sum_i r_i / m_i with m_i = sum_j |cos(r_i, r_j)|^4.
 
@@ -126,7 +208,8 @@ def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
     return torch.einsum("rk,krw->rw", weight, rows)
 
 
-def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float, input_embedding: bool) -> torch.Tensor:
+def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float, input_embedding: bool,
+                  solver: str, rank: int) -> torch.Tensor:
     if deltas.dim() <= 2:  # scalars and vectors: per element
         return _weighted_mean(deltas, ())
     if axis is not None:  # vocabulary rows: per row
@@ -136,7 +219,7 @@ def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float, input_embe
         return merged.reshape(moved.shape[1:]).movedim(0, axis)
     k = deltas.shape[0]
     matrices = deltas.reshape(k, deltas.shape[1], -1)  # conv-like weights: flatten the fan-in
-    return _bilateral(matrices, eps).reshape(deltas.shape[1:])
+    return _bilateral(matrices, eps, solver, rank).reshape(deltas.shape[1:])
 
 
 def bilateral_delta(
@@ -144,9 +227,12 @@ def bilateral_delta(
     *,
     name: str | None = None,
     vocab_axis: int | None = None,
-    eps: float = DEFAULTS["eps"],
+    eps: float = 1e-12,
+    solver: str = "lowrank",
+    rank: int = 256,
 ) -> torch.Tensor:
     """The merged task vector for stacked expert task vectors ``deltas`` [K, *shape]."""
+    check_solver(solver, rank)
     if deltas.shape[0] == 1:
         return deltas[0].clone()
     axis = vocabulary_axis(name, vocab_axis, deltas.dim() - 1)
@@ -156,11 +242,18 @@ def bilateral_delta(
     touched = (deltas != 0).sum(0)
     exclusive = touched == 1
     if not bool(exclusive.any()):
-        return _merge_shared(deltas, axis, eps, input_embedding)
+        return _merge_shared(deltas, axis, eps, input_embedding, solver, rank)
     alone = (deltas * exclusive).sum(0)
     if not bool((touched > 1).any()):
         return alone
-    return alone + _merge_shared(deltas * ~exclusive, axis, eps, input_embedding)
+    return alone + _merge_shared(deltas * ~exclusive, axis, eps, input_embedding, solver, rank)
+
+
+def check_solver(solver: str, rank: int) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"{METHOD_NAME}: solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"{METHOD_NAME}: rank must be a whole number >= 1, got {rank!r}")
 
 
 @merge_method(
@@ -168,7 +261,9 @@ def bilateral_delta(
     pretty_name="Bilateral Consensus",
     contract=InputContract(base=BasePolicy.REQUIRED),
 )
-def bilateral_consensus_merge(group: TensorGroup, eps: float = DEFAULTS["eps"]) -> torch.Tensor:
+def bilateral_consensus_merge(
+    group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256
+) -> torch.Tensor:
     base = group.base.tensor
     experts = group.non_base
     if not experts:
@@ -180,6 +275,7 @@ def bilateral_consensus_merge(group: TensorGroup, eps: float = DEFAULTS["eps"]) 
     base_w = base.to(work)
     deltas = torch.stack([entry.tensor.to(work) - base_w for entry in experts])
     merged = bilateral_delta(
-        deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, eps=eps
+        deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, eps=eps,
+        solver=solver, rank=rank,
     )
     return (base_w + merged).to(base.dtype)
