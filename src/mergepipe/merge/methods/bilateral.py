@@ -187,7 +187,8 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int) -> torch.Ten
 
 
 def _bilateral(deltas: torch.Tensor, eps: float, solver: str = "lowrank", rank: int = 256) -> torch.Tensor:
-    if solver == "exact":
+    # A matrix with both sides within the budget costs at most rank^3 to solve exactly.
+    if solver == "exact" or max(deltas.shape[1:]) <= rank:
         return _bilateral_exact(deltas, eps)
     return _bilateral_lowrank(deltas, eps, rank)
 
