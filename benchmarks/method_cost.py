@@ -317,12 +317,18 @@ class Bench:
         if method.iteration_parameter and method.iteration_default and not args.full_iterations:
             n1, n2 = args.probe_iterations, 2 * args.probe_iterations
             if n2 < method.iteration_default:
-                t1, _ = time_merge(method, name, full(), k, self.dtype, n1)
-                t2, mib = time_merge(method, name, full(), k, self.dtype, n2)
+                # Large matrices: the iterations are timed at 1/4 of the dims and scaled by the
+                # cube of the size (an iteration of WUDI costs K * out * in * in flops).
+                frac = 1.0 if not inn or inn * PROBE_FRACTIONS[1] < 256 else PROBE_FRACTIONS[1]
+                inputs = full if frac == 1.0 else (lambda: probe(frac))
+                t1, _ = time_merge(method, name, inputs(), k, self.dtype, n1)
+                t2, mib = time_merge(method, name, inputs(), k, self.dtype, n2)
                 slope = max(0.0, (t2 - t1) / (n2 - n1))
                 fixed = max(0.0, t1 - slope * n1)
-                seconds = fixed + slope * method.iteration_default
-                return Cell(seconds, mib, f"iter-fit {n1},{n2}->{method.iteration_default}")
+                seconds = (fixed + slope * method.iteration_default) / frac**3
+                where = "" if frac == 1.0 else f" at 1/{round(1 / frac)} size, x size^3"
+                return Cell(seconds, mib if frac == 1.0 else None,
+                            f"iter-fit {n1},{n2}->{method.iteration_default}{where}")
         if inn and math.isfinite(args.budget) and method.label not in args.measure.split(","):
             small, large = PROBE_FRACTIONS
             # Fastest of a few repeats: on a shared CPU, slowdowns are one-sided noise.

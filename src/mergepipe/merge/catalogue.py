@@ -302,6 +302,8 @@ def _check_setting(method: MethodInfo, p: ParameterInfo, value: Any, k: int, whe
                        else _check_value(method, p, inner, k, where))
             out.append({**cond, "value": checked})
         return out
+    if p.choices:
+        raise ConfigError(f"{field_name}: one of {', '.join(p.choices)}, not a list (gradients are for numbers)")
     if any(isinstance(v, (dict, list)) for v in value):
         raise ConfigError(f"{field_name}: a gradient is a flat list of values, got {value!r}")
     return [_check_value(method, p, v, k, where) for v in value]

@@ -38,6 +38,8 @@ Iso-C/Iso-CTS and WUDI, and the cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -130,6 +132,26 @@ def _bilateral_exact(deltas: torch.Tensor, eps: float) -> torch.Tensor:
     return (p @ solved @ q.T).to(deltas.dtype)
 
 
+@contextmanager
+def _one_cpu_thread(like: torch.Tensor) -> Iterator[None]:
+    """Thin QRs and small SVDs / eigendecompositions on one CPU thread.
+
+    They are memory-bound and gain nothing from threads, but on a machine whose cores other
+    processes share, a multi-threaded LAPACK call can wait 10-100x longer in its thread barriers
+    than it computes (measured: a 4096 x 40 QR took 0.24 s on two busy cores, 7 ms on one). The
+    large matrix products around them keep every thread.
+    """
+    threads = torch.get_num_threads()
+    if like.device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _sketch_matrix(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
     generator = torch.Generator().manual_seed(SKETCH_SEED)
     return torch.randn(rows, cols, generator=generator, dtype=torch.float32).to(like)
@@ -139,10 +161,16 @@ def _factor(t: torch.Tensor, share: int, omega: torch.Tensor) -> tuple[torch.Ten
     """``t ~ L diag(s) R^T`` with at most ``share`` columns: the randomized range finder with one
     power iteration (Halko et al. 2011, Alg. 4.4), three passes over ``t``, all matrix products.
     Exact when ``rank(t) <= share``."""
-    q_left, _ = torch.linalg.qr(t @ omega)
-    q_right, _ = torch.linalg.qr(t.T @ q_left)
-    q_left, core = torch.linalg.qr(t @ q_right)  # t q_right q_right^T = q_left core q_right^T
-    a, s, bt = torch.linalg.svd(core.double())
+    sample = t @ omega
+    with _one_cpu_thread(t):
+        q_left, _ = torch.linalg.qr(sample)
+    sample = t.T @ q_left
+    with _one_cpu_thread(t):
+        q_right, _ = torch.linalg.qr(sample)
+    sample = t @ q_right
+    with _one_cpu_thread(t):
+        q_left, core = torch.linalg.qr(sample)  # t q_right q_right^T = q_left core q_right^T
+        a, s, bt = torch.linalg.svd(core.double())
     keep = min(share, s.numel())
     return q_left @ a[:, :keep].to(t), s[:keep], q_right @ bt[:keep].T.to(t)
 
@@ -177,12 +205,14 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int) -> torch.Ten
         rights.append(right)
         tail += t
         tail -= (left * s.to(left)) @ right.T
-    u, _ = torch.linalg.qr(torch.cat(lefts, 1))
-    v, _ = torch.linalg.qr(torch.cat(rights, 1))
+    with _one_cpu_thread(x):
+        u, _ = torch.linalg.qr(torch.cat(lefts, 1))
+        v, _ = torch.linalg.qr(torch.cat(rights, 1))
     small = torch.stack([
         ((u.T @ left).double() * s) @ (right.T @ v).double() for left, s, right in zip(lefts, spectra, rights)
     ])
-    solved = _bilateral_exact(small, eps).to(x)
+    with _one_cpu_thread(x):
+        solved = _bilateral_exact(small, eps).to(x)
     return ((u @ solved) @ v.T + tail / k).to(deltas.dtype)
 
 
