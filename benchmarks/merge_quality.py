@@ -4,6 +4,16 @@ Setting 1 (disjoint skills): experts fine-tuned from the zoo base on one zoo ski
 K = 2, 4 and 8 experts (the first K skills in the zoo's order) and several expert fine-tuning
 seeds. Setting 2 (overlapping skills): four experts, each fine-tuned on a mixture of 2-3
 skills, every skill covered by two experts, like instruction-tuned variants that overlap.
+Both use the zoo's expert recipe, under which every method collapses from K = 4 on.
+
+The informative regime repeats setting 1 with experts whose task vectors stay small, as those
+of real LLM fine-tunes do, so that merging works in principle and methods can be ranked:
+
+* ``lora``: every skill's expert is a PEFT LoRA adapter on the zoo base (all attention and MLP
+  projections), materialised into a full state dict (base + B·A·alpha/r) and merged as a full
+  task vector;
+* ``gentle``: full fine-tunes with a gentler recipe (see ``GENTLE`` and docs/benchmarks.md for
+  the pilot that chose it).
 
 Metric per task: normalised accuracy = exact match of the merged model / exact match of the
 expert of that task (in setting 2: the best expert trained on that skill). Exact match is the
@@ -14,18 +24,23 @@ Every merge is a real mergekit merge (``merge_state_dicts`` with the registered 
 same kernels ``run_merge`` uses), with the fixed parameters in ``METHODS``. Merge time is the
 wall time of that in-memory merge (no disk I/O; fastest of ``--timing-repeats``, median over seeds).
 
-Writes benchmarks/results/merge_quality.json, docs/benchmarks.md (merge-quality section) and
-docs/benchmark_merge_quality.png. Experts are cached (keyed by the base weights' digest and the
-recipe; clear the cache after changing the zoo's skills), so re-runs only redo merges.
+Writes benchmarks/results/merge_quality.json (zoo recipe: disjoint and overlap), a sibling
+merge_quality_<regime>.json per informative regime, docs/benchmarks.md (merge-quality section,
+built from every results file present) and docs/benchmark_merge_quality.png. Experts are cached
+(keyed by the base weights' digest and the recipe; clear the cache after changing the zoo's
+skills), so re-runs only redo merges.
 
     environments/main/bin/python benchmarks/merge_quality.py            # full run
     environments/main/bin/python benchmarks/merge_quality.py --seeds 0 --experts 2,4
+    environments/main/bin/python benchmarks/merge_quality.py --settings lora --seeds 0
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import re
 import statistics
 import sys
 import time
@@ -39,9 +54,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mergekit.merge_methods import merge_state_dicts  # noqa: E402
+from mergekit.merge_methods import merge_state_dicts, registry  # noqa: E402
+from mergekit.merge_methods.base import BasePolicy  # noqa: E402
 
-import mergepipe.merge.methods  # noqa: E402,F401  (registers bilateral_consensus)
+import mergepipe.merge.methods  # noqa: E402  (registers mergepipe's own methods)
 from mergepipe.core.atomic import write_json, write_text  # noqa: E402
 from mergepipe.core.paths import cache_dir  # noqa: E402
 from mergepipe.zoo.build import part_seed  # noqa: E402
@@ -51,6 +67,10 @@ from mergepipe.zoo.skills import SKILLS, skill  # noqa: E402
 from mergepipe.zoo.training import Schedule, exact_match, new_model, train  # noqa: E402
 
 ZOO_SEED = 0  # the zoo build (base, corpus, test split); expert seeds vary the fine-tuning only
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @dataclass(frozen=True)
@@ -63,22 +83,66 @@ class Method:
     randomized: bool = False
 
 
-# Fixed parameters: mergepipe's catalogue defaults (src/mergepipe/methods.py), never tuned here.
-METHODS: tuple[Method, ...] = (
-    Method("linear", "linear", lambda k: {"weight": 1.0 / k}, "weight=1/K (mean of experts)", uses_base=False),
-    Method("task_arithmetic", "task_arithmetic", lambda k: {"weight": 1.0}, "weight=1 (lambda=1)"),
-    Method("task_arithmetic_1/K", "task_arithmetic", lambda k: {"weight": 1.0 / k}, "weight=1/K"),
-    Method("ties", "ties", lambda k: {"weight": 1.0, "density": 0.5}, "weight=1, density=0.5"),
-    Method("dare_ties", "dare_ties", lambda k: {"weight": 1.0, "density": 0.5}, "weight=1, density=0.5",
-           randomized=True),
-    Method("breadcrumbs_ties", "breadcrumbs_ties", lambda k: {"weight": 1.0, "density": 0.9, "gamma": 0.01},
-           "weight=1, density=0.9, gamma=0.01"),
-    Method("della", "della", lambda k: {"weight": 1.0, "density": 0.5, "epsilon": 0.1},
-           "weight=1, density=0.5, epsilon=0.1", randomized=True),
-    Method("bilateral_consensus", "bilateral_consensus", lambda k: {}, "eps=1e-12 (default)"),
-)
+def _registered() -> dict[str, Any]:
+    return {m.spec.name: m for m in registry.registered_methods()}
+
+
+def _catalogue_defaults(name: str) -> dict[str, Any]:
+    info = getattr(mergepipe.merge.methods, "CATALOGUE_INFO", {}).get(name, {})
+    return dict(info.get("defaults", {}))
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _catalogue_method(label: str, name: str, extra: dict[str, Any] | None = None) -> Method | None:
+    """A mergepipe catalogue method at its catalogue defaults (``extra`` overrides some), or
+    None (with a log line) when it is not registered with mergekit yet."""
+    method = _registered().get(name)
+    if method is None:
+        log(f"method {label}: {name} is not registered with mergekit; skipped")
+        return None
+    accepted = {p.name for p in method.spec.parameters}
+    if extra and not set(extra) <= accepted:
+        log(f"method {label}: {name} takes no parameter(s) {sorted(set(extra) - accepted)}; skipped")
+        return None
+    params = dict(extra or {})
+    shown = {**_catalogue_defaults(name), **params}
+    described = (_describe(shown) or "none") + (" (default)" if not extra else "")
+    return Method(label, name, lambda k, p=params: dict(p), described,
+                  uses_base=method.spec.contract.base != BasePolicy.IGNORED)
+
+
+def _methods() -> tuple[Method, ...]:
+    # Fixed parameters: mergepipe's catalogue defaults (src/mergepipe/methods.py), never tuned here.
+    fixed = [
+        Method("linear", "linear", lambda k: {"weight": 1.0 / k}, "weight=1/K (mean of experts)", uses_base=False),
+        Method("task_arithmetic", "task_arithmetic", lambda k: {"weight": 1.0}, "weight=1 (lambda=1)"),
+        Method("task_arithmetic_1/K", "task_arithmetic", lambda k: {"weight": 1.0 / k}, "weight=1/K"),
+        Method("ties", "ties", lambda k: {"weight": 1.0, "density": 0.5}, "weight=1, density=0.5"),
+        Method("dare_ties", "dare_ties", lambda k: {"weight": 1.0, "density": 0.5}, "weight=1, density=0.5",
+               randomized=True),
+        Method("breadcrumbs_ties", "breadcrumbs_ties", lambda k: {"weight": 1.0, "density": 0.9, "gamma": 0.01},
+               "weight=1, density=0.9, gamma=0.01"),
+        Method("della", "della", lambda k: {"weight": 1.0, "density": 0.5, "epsilon": 0.1},
+               "weight=1, density=0.5, epsilon=0.1", randomized=True),
+    ]
+    catalogue = [
+        _catalogue_method(name, name) for name in ("tsv", "iso_c", "iso_cts", "wudi")
+    ]
+    ours = _catalogue_method(OURS, OURS)
+    # The exact solver beside the default one, where the method has a choice of solver.
+    exact = None
+    if ours is not None and "solver" in {p.name for p in _registered()[OURS].spec.parameters}:
+        exact = _catalogue_method(OURS_EXACT, OURS, {"solver": "exact"})
+    return tuple(m for m in (*fixed, *catalogue, ours, exact) if m is not None)
+
+
 OURS = "bilateral_consensus"
-RIVALS = ("task_arithmetic", "task_arithmetic_1/K", "ties", "dare_ties")
+OURS_EXACT = "bilateral_consensus_exact"
+RIVALS = ("task_arithmetic", "ties", "dare_ties", "tsv", "iso_cts", "wudi")
+METHODS: tuple[Method, ...] = _methods()
 
 # Overlapping setting: each expert learns 2-3 skills, every skill is covered by two experts.
 OVERLAP_EXPERTS: tuple[tuple[str, ...], ...] = (
@@ -88,9 +152,60 @@ OVERLAP_EXPERTS: tuple[tuple[str, ...], ...] = (
     ("dup", "inc", "mirror"),
 )
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+@dataclass(frozen=True)
+class Regime:
+    """How the experts of a group of settings are fine-tuned."""
+
+    name: str  # --settings name of its disjoint setting; results file suffix
+    prefix: str  # setting names are f"{prefix}K={k}"
+    kind: str  # "full" (full fine-tune) or "lora" (PEFT adapter, materialised)
+    schedule: Schedule
+    replay: float
+    rank: int = 0
+    alpha: int = 0
+    frozen: tuple[str, ...] = ()  # full fine-tunes: parameters whose name contains one of these stay fixed
+    rival_margin: float = 3.0  # target: ours - best rival at K = 4 and 8, in points
+    informative: bool = True  # target: task_arithmetic keeps >= 50 % at K = 4
+
+    def key(self) -> str:
+        s = self.schedule
+        core = f"{s.steps}_{s.lr:g}_{s.optimizer}_{self.replay:g}" + "".join(f"_no-{f}" for f in self.frozen)
+        return f"lora_r{self.rank}_a{self.alpha}_{core}" if self.kind == "lora" else core
+
+    def described(self) -> str:
+        s = self.schedule
+        what = (f"LoRA rank {self.rank}, alpha {self.alpha} on {', '.join(LORA_TARGETS)}, materialised; "
+                if self.kind == "lora" else "full fine-tunes"
+                + (f" ({', '.join(self.frozen)} frozen)" if self.frozen else "") + "; ")
+        return f"{what}{s.steps} steps of {s.optimizer} at lr {s.lr:g}, replay {self.replay:g}"
+
+
+# Chosen by the pilot recorded in docs/benchmarks.md (seed 0, K = 4, task_arithmetic only).
+LORA = Regime("lora", "lora ", "lora", replace(RECIPE.lora, steps=200, lr=1.5e-3), RECIPE.replay, rank=16, alpha=32)
+GENTLE = Regime("gentle", "gentle ", "full", replace(RECIPE.expert, steps=250, lr=1e-4, optimizer="adamw"),
+                RECIPE.replay)
+SETTINGS = ("disjoint", "overlap", "lora", "gentle")
+
+
+def zoo_regime(args: argparse.Namespace) -> Regime:
+    """The zoo's expert recipe (settings disjoint and overlap), as the options set it."""
+    sched = replace(RECIPE.expert, steps=args.expert_steps, lr=args.expert_lr, optimizer=args.optimizer)
+    return Regime("zoo", "", "full", sched, args.replay, rival_margin=5.0, informative=False)
+
+
+def lora_regime(args: argparse.Namespace) -> Regime:
+    sched = replace(LORA.schedule, steps=args.lora_steps, lr=args.lora_lr)
+    alpha = args.lora_alpha if args.lora_alpha else 2 * args.lora_rank
+    return replace(LORA, schedule=sched, replay=args.lora_replay, rank=args.lora_rank, alpha=alpha)
+
+
+def gentle_regime(args: argparse.Namespace) -> Regime:
+    sched = replace(GENTLE.schedule, steps=args.gentle_steps, lr=args.gentle_lr, optimizer=args.gentle_optimizer)
+    frozen = tuple(f for f in args.gentle_frozen.split(",") if f)
+    return replace(GENTLE, schedule=sched, replay=args.gentle_replay, frozen=frozen)
 
 
 # ---------------------------------------------------------------- models
@@ -139,39 +254,57 @@ def expert_sampler(streams: Streams, skills: tuple[str, ...], replay: float) -> 
     return mixture(parts)
 
 
-def schedule(args: argparse.Namespace) -> Schedule:
-    return replace(RECIPE.expert, steps=args.expert_steps, lr=args.expert_lr, optimizer=args.optimizer)
-
-
-def training_seed(skills: tuple[str, ...], seed: int) -> int:
-    """Seed 0 uses the zoo's own expert training seed; other seeds vary only the fine-tuning."""
-    part = f"expert:{'+'.join(skills)}" + (f":seed{seed}" if seed else "")
+def training_seed(kind: str, skills: tuple[str, ...], seed: int) -> int:
+    """Seed 0 uses the zoo's own training seed (``kind`` expert, lora or lora-init); other
+    seeds vary only the fine-tuning."""
+    part = f"{kind}:{'+'.join(skills)}" + (f":seed{seed}" if seed else "")
     return part_seed(ZOO_SEED, part)
 
 
-def expert_path(args: argparse.Namespace, base_id: str, skills: tuple[str, ...], seed: int) -> Path:
-    recipe = f"{args.expert_steps}_{args.expert_lr:g}_{args.optimizer}_{args.replay:g}"
-    return Path(args.cache) / base_id / recipe / f"{'+'.join(skills)}_s{seed}.pt"
+def expert_path(args: argparse.Namespace, regime: Regime, base_id: str, skills: tuple[str, ...], seed: int) -> Path:
+    return Path(args.cache) / base_id / regime.key() / f"{'+'.join(skills)}_s{seed}.pt"
+
+
+def fine_tune(regime: Regime, base: dict[str, torch.Tensor], skills: tuple[str, ...], seed: int
+              ) -> dict[str, torch.Tensor]:
+    """One expert's full weights: a full fine-tune, or base + B·A·alpha/r of a LoRA adapter."""
+    model = new_model(RECIPE.shape, ZOO_SEED)
+    model.load_state_dict(base)
+    sampler = expert_sampler(Streams(ZOO_SEED), skills, regime.replay)
+    if regime.kind == "full":
+        for name, p in model.named_parameters():
+            p.requires_grad_(not any(f in name for f in regime.frozen))
+        train(model, sampler, regime.schedule, training_seed("expert", skills, seed))
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(training_seed("lora-init", skills, seed))
+    cfg = LoraConfig(r=regime.rank, lora_alpha=regime.alpha, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                     task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, cfg)
+    train(peft_model, sampler, regime.schedule, training_seed("lora", skills, seed))
+    merged = peft_model.merge_and_unload()
+    state = {k: v.detach().clone() for k, v in merged.state_dict().items()}
+    if set(state) != set(base):
+        raise RuntimeError(f"materialised LoRA expert has other tensors than the base: {set(state) ^ set(base)}")
+    return state
 
 
 def get_expert(
-    args: argparse.Namespace, base: dict[str, torch.Tensor], base_id: str, skills: tuple[str, ...], seed: int
+    args: argparse.Namespace, regime: Regime, base: dict[str, torch.Tensor], base_id: str,
+    skills: tuple[str, ...], seed: int,
 ) -> dict[str, torch.Tensor]:
     tag = "+".join(skills)
-    path = expert_path(args, base_id, skills, seed)
+    path = expert_path(args, regime, base_id, skills, seed)
     if path.exists():
         return torch.load(path, map_location="cpu")
     start = time.perf_counter()
-    model = new_model(RECIPE.shape, ZOO_SEED)
-    model.load_state_dict(base)
-    sampler = expert_sampler(Streams(ZOO_SEED), skills, args.replay)
-    train(model, sampler, schedule(args), training_seed(skills, seed))
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = fine_tune(regime, base, skills, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
-    log(f"  trained expert {tag} seed {seed} in {time.perf_counter() - start:.0f}s")
+    log(f"  trained {regime.name} expert {tag} seed {seed} in {time.perf_counter() - start:.0f}s")
     return state
 
 
@@ -213,11 +346,11 @@ def merge(method: Method, base: dict[str, torch.Tensor], experts: list[dict[str,
 
 
 def run_setting(
-    args: argparse.Namespace, evaluator: Evaluator, base: dict[str, torch.Tensor], base_id: str,
-    expert_skills: list[tuple[str, ...]], seed: int,
+    args: argparse.Namespace, regime: Regime, methods: tuple[Method, ...], evaluator: Evaluator,
+    base: dict[str, torch.Tensor], base_id: str, expert_skills: list[tuple[str, ...]], seed: int,
 ) -> dict[str, Any]:
     """Merge the experts with every method; per-skill accuracies and normalised accuracies."""
-    experts = [get_expert(args, base, base_id, sk, seed) for sk in expert_skills]
+    experts = [get_expert(args, regime, base, base_id, sk, seed) for sk in expert_skills]
     skills = tuple(dict.fromkeys(s for sk in expert_skills for s in sk))
     expert_acc: dict[str, float] = {}
     for sk, state in zip(expert_skills, experts):
@@ -228,7 +361,7 @@ def run_setting(
         "seed": seed, "experts": ["+".join(sk) for sk in expert_skills], "skills": list(skills),
         "expert_accuracy": expert_acc, "base_accuracy": evaluator.accuracy(base, skills), "methods": {},
     }
-    for method in METHODS:
+    for method in methods:
         merged, seconds = merge(method, base, experts, seed, args.timing_repeats)
         acc = evaluator.accuracy(merged, skills)
         norm = {s: acc[s] / expert_acc[s] if expert_acc[s] > 0 else float("nan") for s in skills}
@@ -242,103 +375,166 @@ def run_setting(
 # ---------------------------------------------------------------- summary
 
 
+def _paired(runs: list[dict[str, Any]], a: str, b: str) -> list[float]:
+    return [100 * (r["methods"][a]["normalised"][s] - r["methods"][b]["normalised"][s])
+            for r in runs for s in r["skills"]]
+
+
+def _gap_stats(gaps: list[float]) -> dict[str, Any]:
+    return {"mean_gap": statistics.fmean(gaps), "std_gap": statistics.stdev(gaps) if len(gaps) > 1 else 0.0,
+            "n_pairs": len(gaps), "wins": sum(g > 0 for g in gaps), "losses": sum(g < 0 for g in gaps)}
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean +- std over seeds of the per-run mean normalised accuracy, and paired gaps."""
+    labels = list(runs[0]["methods"])
     summary: dict[str, Any] = {}
-    for method in METHODS:
-        per_seed = [100 * r["methods"][method.label]["mean_normalised"] for r in runs]
-        times = [r["methods"][method.label]["merge_seconds"] for r in runs]
-        summary[method.label] = {
+    for label in labels:
+        per_seed = [100 * r["methods"][label]["mean_normalised"] for r in runs]
+        times = [r["methods"][label]["merge_seconds"] for r in runs]
+        summary[label] = {
             "mean": statistics.fmean(per_seed),
             "std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0,
             "per_seed": per_seed,
+            "seeds": [r["seed"] for r in runs],
             "n_seeds": len(per_seed),
             "merge_seconds_median": statistics.median(times),
         }
+    if OURS not in summary:
+        return summary
     # Paired over seeds and tasks: ours minus the best rival (chosen by its mean).
-    best = max(RIVALS, key=lambda m: summary[m]["mean"])
-    gaps = [
-        100 * (r["methods"][OURS]["normalised"][s] - r["methods"][best]["normalised"][s])
-        for r in runs for s in r["skills"]
-    ]
-    summary["_paired_vs_best_rival"] = {
-        "rival": best, "mean_gap": statistics.fmean(gaps),
-        "std_gap": statistics.stdev(gaps) if len(gaps) > 1 else 0.0, "n_pairs": len(gaps),
-        "wins": sum(g > 0 for g in gaps), "losses": sum(g < 0 for g in gaps),
-    }
-    gaps_ta = [
-        100 * (r["methods"][OURS]["normalised"][s] - r["methods"]["task_arithmetic"]["normalised"][s])
-        for r in runs for s in r["skills"]
-    ]
-    summary["_paired_vs_task_arithmetic"] = {
-        "mean_gap": statistics.fmean(gaps_ta), "std_gap": statistics.stdev(gaps_ta) if len(gaps_ta) > 1 else 0.0,
-        "n_pairs": len(gaps_ta),
-    }
-    summary["_time_ratio_vs_ties"] = (
-        summary[OURS]["merge_seconds_median"] / summary["ties"]["merge_seconds_median"]
-    )
+    rivals = [m for m in RIVALS if m in summary]
+    if rivals:
+        best = max(rivals, key=lambda m: summary[m]["mean"])
+        summary["_paired_vs_best_rival"] = {"rival": best, "rivals": rivals, **_gap_stats(_paired(runs, OURS, best))}
+    if "task_arithmetic" in summary:
+        summary["_paired_vs_task_arithmetic"] = {
+            **_gap_stats(_paired(runs, OURS, "task_arithmetic")),
+            "per_seed": [a - b for a, b in zip(summary[OURS]["per_seed"], summary["task_arithmetic"]["per_seed"],
+                                                strict=True)],
+        }
+    if OURS_EXACT in summary:
+        summary["_paired_vs_exact"] = _gap_stats(_paired(runs, OURS, OURS_EXACT))
+    if "ties" in summary:
+        summary["_time_ratio_vs_ties"] = (
+            summary[OURS]["merge_seconds_median"] / summary["ties"]["merge_seconds_median"]
+        )
     return summary
 
 
 BEGIN, END = "<!-- merge_quality:begin -->", "<!-- merge_quality:end -->"
 
 
-def targets(settings: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """The issue's acceptance targets, checked on the measured numbers."""
+def k_of(setting: str) -> int | None:
+    m = re.search(r"K=(\d+)$", setting)
+    return int(m.group(1)) if m else None
+
+
+def targets(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The acceptance targets of one results file, checked on the measured numbers."""
+    settings = _order(result)[1]
+    regime = result.get("regime", {})
+    margin = regime.get("rival_margin", 5.0)
     out = []
-    for name in ("K=4", "K=8"):
-        if name in settings:
-            p = settings[name]["_paired_vs_best_rival"]
-            out.append((f"{name}: ours − best of task_arithmetic / ties / dare_ties ≥ +5 points",
-                        f"{p['mean_gap']:+.1f} ± {p['std_gap']:.1f} vs {p['rival']}", p["mean_gap"] >= 5))
-    if "K=8" in settings:
-        m = settings["K=8"][OURS]["mean"]
+    by_k = {k_of(n): n for n in settings if k_of(n) is not None}
+    if regime.get("informative") and 4 in by_k and "task_arithmetic" in settings[by_k[4]]:
+        m = settings[by_k[4]]["task_arithmetic"]["mean"]
+        out.append((f"{by_k[4]}: task_arithmetic keeps ≥ 50 % (informative regime)", f"{m:.1f} %", m >= 50))
+    for k in (4, 8):
+        if k in by_k and "_paired_vs_best_rival" in settings[by_k[k]]:
+            p = settings[by_k[k]]["_paired_vs_best_rival"]
+            out.append((f"{by_k[k]}: ours − best of {' / '.join(p['rivals'])} ≥ +{margin:g} points",
+                        f"{p['mean_gap']:+.1f} ± {p['std_gap']:.1f} vs {p['rival']}", p["mean_gap"] >= margin))
+    if not regime.get("informative") and 8 in by_k and OURS in settings[by_k[8]]:
+        m = settings[by_k[8]][OURS]["mean"]
         out.append(("stretch: ours ≥ 85 % at K=8", f"{m:.1f} %", m >= 85))
-    for name in ("K=2", "overlap"):
-        if name in settings:
-            gaps = [a - b for a, b in zip(settings[name][OURS]["per_seed"],
-                                          settings[name]["task_arithmetic"]["per_seed"], strict=True)]
+    for name in (by_k.get(2), "overlap"):
+        if name in settings and "_paired_vs_task_arithmetic" in settings[name]:
+            gaps = settings[name]["_paired_vs_task_arithmetic"]["per_seed"]
             out.append((f"{name}: never more than 1 point below task_arithmetic (every seed)",
                         "per-seed gaps " + ", ".join(f"{g:+.1f}" for g in gaps), min(gaps) >= -1))
     for name, summ in settings.items():
-        r = summ["_time_ratio_vs_ties"]
-        out.append((f"{name}: merge time ≤ 3× ties", f"{r:.2f}×", r <= 3))
+        if "_time_ratio_vs_ties" in summ:
+            r = summ["_time_ratio_vs_ties"]
+            out.append((f"{name}: merge time ≤ 3× ties", f"{r:.2f}×", r <= 3))
     return out
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The generated section of docs/benchmarks.md (between the merge_quality markers)."""
-    settings = result["settings"]
-    labels = [m.label for m in METHODS]
+def _order(result: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Method labels and settings in run order (the JSON file keeps its keys sorted)."""
+    labels = result.get("method_order") or list(result["methods"])
+    names = result.get("setting_order") or list(result["settings"])
+    return labels, {n: result["settings"][n] for n in names}
+
+
+def _results_table(result: dict[str, Any]) -> list[str]:
+    labels, settings = _order(result)
+    timing = result["timing_setting"]
     lines = [
-        BEGIN,
-        "<!-- generated by benchmarks/merge_quality.py; edits between these markers are overwritten -->",
-        "",
-        f"Base: `{result['base_source']}` (weights digest `{result['base_digest']}`); experts: "
-        f"{result['expert_steps']} steps of {result['expert_optimizer']} at lr {result['expert_lr']:g}, replay "
-        f"{result['replay']:g}; expert fine-tuning seeds {result['seeds']} (n per column below). K experts = the "
-        f"first K of {', '.join(result['skills'])}; overlap experts: {', '.join(result['overlap_experts'])}.",
-        "",
-        "| method | parameters | " + " | ".join(f"{s} (n={settings[s][OURS]['n_seeds']})" for s in settings)
-        + f" | merge s ({result['timing_setting']}) |",
+        "| method | parameters | " + " | ".join(f"{s} (n={settings[s][labels[0]]['n_seeds']})" for s in settings)
+        + f" | merge s ({timing}) |",
         "|---|---|" + "---|" * (len(settings) + 1),
     ]
     for label in labels:
         cells = [f"{settings[s][label]['mean']:.1f} ± {settings[s][label]['std']:.1f}" for s in settings]
-        t = settings[result["timing_setting"]][label]["merge_seconds_median"]
+        t = settings[timing][label]["merge_seconds_median"]
         name = f"**{label}**" if label == OURS else label
         lines.append(f"| {name} | {result['methods'][label]['parameters']} | " + " | ".join(cells) + f" | {t:.3f} |")
+    return lines
+
+
+def _expert_line(result: dict[str, Any]) -> str:
+    """Mean expert accuracy per setting (what 100 % stands for)."""
+    cells = []
+    for name in _order(result)[1]:
+        acc = [100 * a for r in result["runs"][name] for a in r["expert_accuracy"].values()]
+        cells.append(f"{name} {statistics.fmean(acc):.1f}")
+    return "Expert exact match (mean over tasks and seeds, %, = 100 % normalised): " + ", ".join(cells) + "."
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The generated section of docs/benchmarks.md (between the merge_quality markers)."""
+    lines = [BEGIN, "<!-- generated by benchmarks/merge_quality.py; edits between these markers are overwritten -->"]
+    for result in results:
+        regime = result.get("regime", {})
+        lines.append("")
+        if regime.get("name", "zoo") == "zoo":
+            lines.append(
+                f"Base: `{result['base_source']}` (weights digest `{result['base_digest']}`); experts: "
+                f"{result['expert_steps']} steps of {result['expert_optimizer']} at lr {result['expert_lr']:g}, "
+                f"replay {result['replay']:g}; expert fine-tuning seeds {result['seeds']} (n per column below). "
+                f"K experts = the first K of {', '.join(result['skills'])}; overlap experts: "
+                f"{', '.join(result['overlap_experts'])}.")
+        else:
+            lines.append(
+                f"**Informative regime, `{regime['name']}` experts**: {regime['described']}; same base "
+                f"(`{result['base_digest']}`), same K experts; seeds {result['seeds']}.")
+        lines += ["", _expert_line(result), "", *_results_table(result)]
+    rival_sets = {" / ".join(s["_paired_vs_best_rival"]["rivals"]) for r in results for s in r["settings"].values()
+                  if "_paired_vs_best_rival" in s}
     lines += ["", f"Paired gap of {OURS} per (task, seed) pair, in points of normalised accuracy "
-              "(best rival = the best of task_arithmetic, task_arithmetic_1/K, ties, dare_ties by mean):", "",
-              "| setting | best rival | ours − rival | wins / losses | ours − task_arithmetic | merge time / ties |",
-              "|---|---|---|---|---|---|"]
-    for s, summ in settings.items():
-        p, q = summ["_paired_vs_best_rival"], summ["_paired_vs_task_arithmetic"]
-        lines.append(f"| {s} | {p['rival']} | {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} | "
-                     f"{p['wins']} / {p['losses']} | {q['mean_gap']:+.1f} ± {q['std_gap']:.1f} | "
-                     f"{summ['_time_ratio_vs_ties']:.2f}× |")
+              f"(best rival = the best of {', '.join(sorted(rival_sets)) or 'none'} by mean); per-seed gaps are "
+              "of the per-seed means:", "",
+              "| setting | best rival | ours − rival | wins / losses | ours − task_arithmetic | "
+              "per seed vs task_arithmetic | default − exact solver | merge time / ties |",
+              "|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        for s, summ in _order(result)[1].items():
+            p, q = summ.get("_paired_vs_best_rival"), summ.get("_paired_vs_task_arithmetic")
+            x, t = summ.get("_paired_vs_exact"), summ.get("_time_ratio_vs_ties")
+            cells = [
+                p["rival"] if p else "–",
+                f"{p['mean_gap']:+.1f} ± {p['std_gap']:.1f}" if p else "–",
+                f"{p['wins']} / {p['losses']}" if p else "–",
+                f"{q['mean_gap']:+.1f} ± {q['std_gap']:.1f}" if q else "–",
+                ", ".join(f"{g:+.1f}" for g in q["per_seed"]) if q else "–",
+                f"{x['mean_gap']:+.1f} ± {x['std_gap']:.1f}" if x else "–",
+                f"{t:.2f}×" if t is not None else "–",
+            ]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets(settings)]
+    for result in results:
+        lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets(result)]
     lines += ["", "![merge quality](benchmark_merge_quality.png)", "", END]
     return "\n".join(lines)
 
@@ -354,31 +550,37 @@ def update_doc(path: Path, section: str) -> None:
     write_text(path, text)
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
+def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = result["settings"]
-    labels = [m.label for m in METHODS]
-    fig, ax = plt.subplots(figsize=(11, 4.8))
-    width = 0.8 / len(labels)
-    top = 0.0
-    for i, label in enumerate(labels):
-        xs = [j + (i - len(labels) / 2 + 0.5) * width for j in range(len(settings))]
-        means = [settings[s][label]["mean"] for s in settings]
-        stds = [settings[s][label]["std"] for s in settings]
-        top = max(top, *(m + d for m, d in zip(means, stds, strict=True)))
-        ours = label == OURS
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=label, color="black" if ours else None,
-               alpha=1.0 if ours else 0.85)
-    ax.set_xticks(range(len(settings)), [f"{s}\n(n={settings[s][OURS]['n_seeds']} seeds)" for s in settings])
-    ax.set_ylabel("normalised accuracy (% of the expert)")
-    ax.set_ylim(0, max(10.0, top * 1.15))
-    ax.set_title("Merge quality on the zoo: mean ± std over expert fine-tuning seeds (expert = 100 %)")
-    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
-    fig.tight_layout()
+    fig, axes = plt.subplots(len(results), 1, figsize=(12, 3.6 * len(results) + 1.2), squeeze=False)
+    for ax, result in zip(axes[:, 0], results, strict=True):
+        labels, settings = _order(result)
+        width = 0.8 / len(labels)
+        top = 0.0
+        for i, label in enumerate(labels):
+            xs = [j + (i - len(labels) / 2 + 0.5) * width for j in range(len(settings))]
+            means = [settings[s][label]["mean"] for s in settings]
+            stds = [settings[s][label]["std"] for s in settings]
+            top = max(top, *(m + d for m, d in zip(means, stds, strict=True)))
+            ours = label == OURS
+            color = "black" if ours else "dimgray" if label == OURS_EXACT else plt.get_cmap("tab20")(i % 20)
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=label, color=color, alpha=1.0 if ours else 0.85,
+                   hatch="//" if label == OURS_EXACT else None)
+        ax.set_xticks(range(len(settings)),
+                      [f"{s}\n(n={settings[s][labels[0]]['n_seeds']} seeds)" for s in settings])
+        ax.set_ylabel("normalised accuracy (%)")
+        ax.set_ylim(0, max(10.0, top * 1.15))
+        regime = result.get("regime", {}).get("name", "zoo")
+        ax.set_title("zoo expert recipe" if regime == "zoo" else f"informative regime: {regime} experts",
+                     fontsize=10)
+    fig.suptitle("Merge quality on the zoo: mean ± std over expert fine-tuning seeds (expert = 100 %)")
+    handles, names = axes[-1, 0].get_legend_handles_labels()
+    fig.legend(handles, names, ncol=7, fontsize=8, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -389,91 +591,145 @@ def plot(result: dict[str, Any], path: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
+def results_path(out: Path, regime: str) -> Path:
+    return out if regime == "zoo" else out.with_name(f"{out.stem}_{regime}{out.suffix}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experts", default="2,4,8", help="comma-separated K values (disjoint setting)")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"comma-separated settings to run, of {', '.join(SETTINGS)}")
+    parser.add_argument("--experts", default="2,4,8", help="comma-separated K values (disjoint, lora, gentle)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated expert fine-tuning seeds")
     parser.add_argument("--no-overlap", action="store_true", help="skip the overlapping-skills setting")
+    parser.add_argument("--methods", default="", help="comma-separated method labels (default: all)")
     parser.add_argument("--base", default=None, help="base weights (HF dir or state-dict .pt); default: zoo")
     parser.add_argument("--expert-steps", type=int, default=RECIPE.expert.steps, help="steps per expert")
     parser.add_argument("--expert-lr", type=float, default=RECIPE.expert.lr, help="expert learning rate")
     parser.add_argument("--optimizer", default=RECIPE.expert.optimizer, help="expert optimizer (adamw or sgd)")
     parser.add_argument("--replay", type=float, default=RECIPE.replay, help="share of replay in expert data")
+    parser.add_argument("--lora-rank", type=int, default=LORA.rank, help="LoRA experts: adapter rank")
+    parser.add_argument("--lora-alpha", type=int, default=0, help="LoRA experts: alpha (default 2 x rank)")
+    parser.add_argument("--lora-steps", type=int, default=LORA.schedule.steps, help="LoRA experts: steps")
+    parser.add_argument("--lora-lr", type=float, default=LORA.schedule.lr, help="LoRA experts: AdamW lr")
+    parser.add_argument("--lora-replay", type=float, default=LORA.replay, help="LoRA experts: replay share")
+    parser.add_argument("--gentle-steps", type=int, default=GENTLE.schedule.steps, help="gentle experts: steps")
+    parser.add_argument("--gentle-lr", type=float, default=GENTLE.schedule.lr, help="gentle experts: lr")
+    parser.add_argument("--gentle-optimizer", default=GENTLE.schedule.optimizer, help="gentle experts: optimizer")
+    parser.add_argument("--gentle-frozen", default=",".join(GENTLE.frozen),
+                        help="gentle experts: parameter-name parts kept fixed, comma-separated (embed_tokens,...)")
+    parser.add_argument("--gentle-replay", type=float, default=GENTLE.replay, help="gentle experts: replay share")
     parser.add_argument("--timing-repeats", type=int, default=3, help="merges per method; the fastest is kept")
     parser.add_argument("--cached-only", action="store_true",
                         help="skip settings whose experts are not cached yet (a reduced run)")
     parser.add_argument("--train-only", action="store_true", help="only train (cache) the experts, then exit")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--cache", default=str(cache_dir() / "merge_quality"), help="expert cache folder")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "merge_quality.json"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "merge_quality.json"),
+                        help="results of the zoo recipe; informative regimes go to <stem>_<regime>.json beside it")
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown table")
     parser.add_argument("--plot", default=str(REPO / "docs" / "benchmark_merge_quality.png"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.experts.split(",") if k]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    chosen = [s for s in args.settings.split(",") if s]
+    if unknown := set(chosen) - set(SETTINGS):
+        parser.error(f"unknown --settings {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
+    if args.no_overlap:
+        chosen = [s for s in chosen if s != "overlap"]
     if any(k < 1 or k > len(SKILLS) for k in ks):
         parser.error(f"--experts values must be in 1..{len(SKILLS)}")
+    methods = METHODS
+    if args.methods:
+        wanted = [m for m in args.methods.split(",") if m]
+        if unknown := set(wanted) - {m.label for m in METHODS}:
+            parser.error(f"unknown --methods {sorted(unknown)}; available: {', '.join(m.label for m in METHODS)}")
+        methods = tuple(m for m in METHODS if m.label in wanted)
+
+    zoo = zoo_regime(args)
+    regimes = {"disjoint": zoo, "overlap": zoo, "lora": lora_regime(args), "gentle": gentle_regime(args)}
+    # (regime, setting name, experts' skills) in run order, per seed
+    plan: list[tuple[Regime, str, list[tuple[str, ...]]]] = []
+    for name in SETTINGS:
+        if name not in chosen:
+            continue
+        regime = regimes[name]
+        if name == "overlap":
+            plan.append((regime, "overlap", list(OVERLAP_EXPERTS)))
+        else:
+            plan += [(regime, f"{regime.prefix}K={k}", [(s.name,) for s in SKILLS[:k]]) for k in ks]
 
     base, source = load_base(args)
     base_id = digest(base)
-    log(f"base {source} ({base_id})")
+    log(f"base {source} ({base_id}); methods: {', '.join(m.label for m in methods)}")
     if args.train_only:
         for seed in seeds:
-            for s in SKILLS[: max(ks)]:
-                get_expert(args, base, base_id, (s.name,), seed)
-        if not args.no_overlap:
-            for seed in seeds:
-                for sk in OVERLAP_EXPERTS:
-                    get_expert(args, base, base_id, sk, seed)
+            for regime, _, expert_skills in plan:
+                for sk in expert_skills:
+                    get_expert(args, regime, base, base_id, sk, seed)
         return 0
     evaluator = Evaluator(base)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    def missing(expert_skills: list[tuple[str, ...]], seed: int) -> bool:
-        gone = [sk for sk in expert_skills if not expert_path(args, base_id, sk, seed).exists()]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+
+    def missing(regime: Regime, expert_skills: list[tuple[str, ...]], seed: int) -> bool:
+        gone = [sk for sk in expert_skills if not expert_path(args, regime, base_id, sk, seed).exists()]
         if gone and args.cached_only:
             log(f"  skipped: experts not trained yet for seed {seed}: {['+'.join(g) for g in gone]}")
         return bool(gone) and args.cached_only
 
+    started = time.perf_counter()
     for seed in seeds:
-        for k in ks:
-            log(f"K={k} seed={seed}")
-            if missing([(s.name,) for s in SKILLS[:k]], seed):
+        for regime, name, expert_skills in plan:
+            log(f"{name} seed={seed}")
+            if missing(regime, expert_skills, seed):
                 continue
-            r = run_setting(args, evaluator, base, base_id, [(s.name,) for s in SKILLS[:k]], seed)
-            runs.setdefault(f"K={k}", []).append(r)
+            r = run_setting(args, regime, methods, evaluator, base, base_id, expert_skills, seed)
+            runs.setdefault(regime.name, {}).setdefault(name, []).append(r)
+            log("  expert " + " ".join(f"{s}={100 * a:.0f}" for s, a in r["expert_accuracy"].items()))
             log("  " + "  ".join(f"{m}={100 * v['mean_normalised']:.1f}" for m, v in r["methods"].items()))
-        if not args.no_overlap:
-            log(f"overlap seed={seed}")
-            if missing(list(OVERLAP_EXPERTS), seed):
-                continue
-            r = run_setting(args, evaluator, base, base_id, list(OVERLAP_EXPERTS), seed)
-            runs.setdefault("overlap", []).append(r)
-            log("  " + "  ".join(f"{m}={100 * v['mean_normalised']:.1f}" for m, v in r["methods"].items()))
+    log(f"all settings done in {time.perf_counter() - started:.0f}s")
 
-    settings = {name: summarise(rs) for name, rs in runs.items()}
-    timing_setting = max((n for n in settings if n.startswith("K=")), key=lambda n: int(n[2:]))
-    result = {
-        "benchmark": "merge_quality",
-        "metric": "teacher-forced exact match / expert exact match (zoo test split, 200 items per skill)",
-        "base_source": source, "base_digest": base_id, "seeds": seeds, "ks": ks,
-        "expert_steps": args.expert_steps, "expert_lr": args.expert_lr, "replay": args.replay,
-        "expert_optimizer": args.optimizer,
-        "threads": args.threads, "skills": [s.name for s in SKILLS],
-        "overlap_experts": ["+".join(e) for e in OVERLAP_EXPERTS],
-        "methods": {m.label: {"mergekit": m.mergekit_name, "parameters": m.described} for m in METHODS},
-        "settings": settings, "timing_setting": timing_setting, "timing_k": max(ks), "runs": runs,
-    }
-    write_json(Path(args.out), result)
-    update_doc(Path(args.doc), markdown(result))
-    plot(result, Path(args.plot))
-    for name, summ in settings.items():
-        log(f"{name}: " + "  ".join(
-            f"{m.label}={summ[m.label]['mean']:.1f}±{summ[m.label]['std']:.1f}" for m in METHODS))
-        p = summ["_paired_vs_best_rival"]
-        log(f"  ours - {p['rival']}: {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} (paired, n={p['n_pairs']}); "
-            f"time vs ties {summ['_time_ratio_vs_ties']:.2f}x")
-    log(f"wrote {args.out}, {args.doc}, {args.plot}")
+    out = Path(args.out)
+    by_name = {r.name: r for r in regimes.values()}
+    for regime_name, regime_runs in runs.items():
+        regime = by_name[regime_name]
+        settings = {name: summarise(rs) for name, rs in regime_runs.items()}
+        k_settings = [n for n in settings if k_of(n) is not None]
+        timing_setting = max(k_settings, key=lambda n: k_of(n) or 0) if k_settings else next(iter(settings))
+        result = {
+            "benchmark": "merge_quality",
+            "metric": "teacher-forced exact match / expert exact match (zoo test split, 200 items per skill)",
+            "base_source": source, "base_digest": base_id, "seeds": seeds, "ks": ks,
+            "regime": {"name": regime.name, "kind": regime.kind, "described": regime.described(),
+                       "rival_margin": regime.rival_margin, "informative": regime.informative,
+                       "lora_rank": regime.rank, "lora_alpha": regime.alpha,
+                       "lora_targets": LORA_TARGETS if regime.kind == "lora" else []},
+            "expert_steps": regime.schedule.steps, "expert_lr": regime.schedule.lr, "replay": regime.replay,
+            "expert_optimizer": regime.schedule.optimizer,
+            "threads": args.threads, "skills": [s.name for s in SKILLS],
+            "overlap_experts": ["+".join(e) for e in OVERLAP_EXPERTS],
+            "methods": {m.label: {"mergekit": m.mergekit_name, "parameters": m.described} for m in methods},
+            "settings": settings, "timing_setting": timing_setting,
+            "method_order": [m.label for m in methods], "setting_order": list(settings),
+            "timing_k": k_of(timing_setting), "runs": regime_runs,
+        }
+        write_json(results_path(out, regime.name), result)
+        for name, summ in settings.items():
+            log(f"{name}: " + "  ".join(
+                f"{m.label}={summ[m.label]['mean']:.1f}±{summ[m.label]['std']:.1f}" for m in methods))
+            if p := summ.get("_paired_vs_best_rival"):
+                log(f"  ours - {p['rival']}: {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} (paired, n={p['n_pairs']})")
+    # The docs and the plot show every results file present, in regime order.
+    results = []
+    for regime_name in ("zoo", "lora", "gentle"):
+        path = results_path(out, regime_name)
+        if path.exists():
+            results.append(json.loads(path.read_text(encoding="utf-8")))
+    if results:
+        update_doc(Path(args.doc), markdown(results))
+        plot(results, Path(args.plot))
+    log(f"wrote {', '.join(str(results_path(out, r)) for r in runs)}, {args.doc}, {args.plot}")
     return 0
 
 
