@@ -29,7 +29,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mergepipe.core.atomic import write_json, write_text  # noqa: E402
+from doc_sections import replace_section  # noqa: E402
+
+from mergepipe.core.atomic import write_json  # noqa: E402
 from mergepipe.merge.methods.bilateral import DEFAULTS, bilateral_delta  # noqa: E402
 
 BEGIN, END = "<!-- bilateral_solvers:begin -->", "<!-- bilateral_solvers:end -->"
@@ -109,13 +111,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_doc(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    write_text(path, text)
+    replace_section(path, BEGIN, END, section, "## Default vs exact solver (`benchmarks/bilateral_solvers.py`)")
 
 
 def main() -> int:

@@ -54,11 +54,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from doc_sections import replace_section  # noqa: E402
 from mergekit.merge_methods import merge_state_dicts, registry  # noqa: E402
 from mergekit.merge_methods.base import BasePolicy  # noqa: E402
 
 import mergepipe.merge.methods  # noqa: E402  (registers mergepipe's own methods)
-from mergepipe.core.atomic import write_json, write_text  # noqa: E402
+from mergepipe.core.atomic import write_json  # noqa: E402
 from mergepipe.core.paths import cache_dir  # noqa: E402
 from mergepipe.zoo.build import part_seed  # noqa: E402
 from mergepipe.zoo.corpus import Sampler, Streams, mixture, test_items  # noqa: E402
@@ -540,14 +541,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def update_doc(path: Path, section: str) -> None:
-    """Replace the generated section of the benchmarks page, keeping everything else."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Merge quality (`benchmarks/merge_quality.py`)\n\n" + section + "\n"
-    write_text(path, text)
+    replace_section(path, BEGIN, END, section, "## Merge quality (`benchmarks/merge_quality.py`)")
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

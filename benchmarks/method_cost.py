@@ -73,10 +73,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from doc_sections import replace_section  # noqa: E402
 from mergekit.merge_methods import merge_state_dicts  # noqa: E402
 
 import mergepipe.merge.methods  # noqa: E402,F401  (registers mergepipe's methods with mergekit)
-from mergepipe.core.atomic import write_json, write_text  # noqa: E402
+from mergepipe.core.atomic import write_json  # noqa: E402
 from mergepipe.merge.catalogue import MethodInfo, catalogue, resolve_parameters  # noqa: E402
 
 # ---------------------------------------------------------------- shapes and spectrum
@@ -535,14 +536,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def update_doc(path: Path, section: str) -> None:
-    """Replace only this benchmark's generated block (re-read just before writing)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{section}\n"
-    write_text(path, text)
+    replace_section(path, BEGIN, END, section, SECTION)
 
 
 # ---------------------------------------------------------------- main

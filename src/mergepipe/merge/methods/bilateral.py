@@ -47,6 +47,7 @@ from mergekit.merge_methods.base import BasePolicy, InputContract, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
 from mergepipe.core.tensor_names import is_input_embedding, is_vocabulary_tensor
+from mergepipe.merge.methods.deltas import merge_group
 
 METHOD_NAME = "bilateral_consensus"
 
@@ -295,18 +296,7 @@ def check_solver(solver: str, rank: int) -> None:
 def bilateral_consensus_merge(
     group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256
 ) -> torch.Tensor:
-    base = group.base.tensor
-    experts = group.non_base
-    if not experts:
-        return base
-    if not base.is_floating_point():
-        raise TypeError(f"{METHOD_NAME} needs floating-point tensors ({group.metadata.name})")
-    # At least float32 whatever the storage dtype (bf16 deltas lose most of their bits).
-    work = torch.float64 if base.dtype == torch.float64 else torch.float32
-    base_w = base.to(work)
-    deltas = torch.stack([entry.tensor.to(work) - base_w for entry in experts])
-    merged = bilateral_delta(
+    return merge_group(group, METHOD_NAME, lambda deltas: bilateral_delta(
         deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, eps=eps,
         solver=solver, rank=rank,
-    )
-    return (base_w + merged).to(base.dtype)
+    ))

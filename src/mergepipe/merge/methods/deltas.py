@@ -80,16 +80,11 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     return (p * significant(s, tol)) @ qh
 
 
-def merge_task_vectors(
-    group: TensorGroup,
-    method: str,
-    matrix_merge: Callable[[torch.Tensor], torch.Tensor],
-    other_merge: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
+def merge_group(group: TensorGroup, method: str, merge: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``base + merge(task vectors)`` for one tensor group, in the base's dtype and device.
 
-    ``matrix_merge`` gets the stacked deltas [K, out, in] of a weight matrix; ``other_merge`` the
-    stacked deltas [K, *shape] of everything else.
+    ``merge`` gets the stacked deltas [K, *shape], in float32 at least whatever the storage dtype
+    (bf16 deltas lose most of their bits).
     """
     base = group.base.tensor
     experts = group.non_base
@@ -100,8 +95,16 @@ def merge_task_vectors(
     work = working_dtype(base.dtype)
     base_w = base.to(work)
     deltas = torch.stack([entry.tensor.to(device=base.device, dtype=work) - base_w for entry in experts])
-    if takes_matrix_path(group.metadata.name, group.metadata.vocabulary_axis, base.dim()):
-        merged = matrix_merge(deltas)
-    else:
-        merged = other_merge(deltas)
-    return (base_w + merged).to(base.dtype)
+    return (base_w + merge(deltas)).to(base.dtype)
+
+
+def merge_task_vectors(
+    group: TensorGroup,
+    method: str,
+    matrix_merge: Callable[[torch.Tensor], torch.Tensor],
+    other_merge: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """:func:`merge_group` with ``matrix_merge`` for the stacked deltas [K, out, in] of a weight
+    matrix and ``other_merge`` for everything else."""
+    takes_matrix = takes_matrix_path(group.metadata.name, group.metadata.vocabulary_axis, group.base.tensor.dim())
+    return merge_group(group, method, matrix_merge if takes_matrix else other_merge)
