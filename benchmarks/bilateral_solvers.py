@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 from doc_sections import replace_section  # noqa: E402
 
 from mergepipe.core.atomic import write_json  # noqa: E402
-from mergepipe.merge.methods.bilateral import DEFAULTS, bilateral_delta  # noqa: E402
+from mergepipe.merge.methods.bilateral import DEFAULTS, Options, bilateral_delta, expert_weights  # noqa: E402
 
 BEGIN, END = "<!-- bilateral_solvers:begin -->", "<!-- bilateral_solvers:end -->"
 
@@ -50,12 +50,15 @@ def task_vectors(k: int, out_dim: int, in_dim: int, alpha: float, seed: int) -> 
 
 
 def objective(merged: torch.Tensor, deltas: torch.Tensor) -> float:
-    """sum_i ||(M - t_i) t_i^T t_i||^2 + ||t_i t_i^T (M - t_i)||^2 in float64."""
+    """The method's objective at its defaults, in float64:
+    sum_i w_i (||(M - t_i) t_i^T t_i||^2 + o ||t_i t_i^T (M - t_i)||^2)."""
+    options = Options()
+    weights = expert_weights(deltas.double(), options.normalize)
     total = 0.0
     m = merged.double()
-    for t in deltas.double():
+    for w, t in zip(weights.tolist(), deltas.double()):
         d = m - t
-        total += float((d @ t.T @ t).square().sum() + (t @ t.T @ d).square().sum())
+        total += w * float((d @ t.T @ t).square().sum() + options.output_weight * (t @ t.T @ d).square().sum())
     return total
 
 

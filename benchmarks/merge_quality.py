@@ -137,11 +137,16 @@ def _methods() -> tuple[Method, ...]:
     exact = None
     if ours is not None and "solver" in {p.name for p in _registered()[OURS].spec.parameters}:
         exact = _catalogue_method(OURS_EXACT, OURS, {"solver": "exact"})
-    return tuple(m for m in (*fixed, *catalogue, ours, exact) if m is not None)
+    # Ablation: the objective with its output side at full weight and no per-expert normalisation.
+    symmetric = None
+    if ours is not None and "output_weight" in {p.name for p in _registered()[OURS].spec.parameters}:
+        symmetric = _catalogue_method(OURS_SYMMETRIC, OURS, {"output_weight": 1.0, "normalize": False})
+    return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric) if m is not None)
 
 
 OURS = "bilateral_consensus"
 OURS_EXACT = "bilateral_consensus_exact"
+OURS_SYMMETRIC = "bilateral_consensus_symmetric"
 RIVALS = ("task_arithmetic", "ties", "dare_ties", "tsv", "iso_cts", "wudi")
 METHODS: tuple[Method, ...] = _methods()
 
@@ -153,7 +158,7 @@ OVERLAP_EXPERTS: tuple[tuple[str, ...], ...] = (
     ("dup", "inc", "mirror"),
 )
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -168,17 +173,21 @@ class Regime:
     rank: int = 0
     alpha: int = 0
     frozen: tuple[str, ...] = ()  # full fine-tunes: parameters whose name contains one of these stay fixed
+    targets: tuple[str, ...] = LORA_TARGETS  # LoRA experts: the adapted projections
     rival_margin: float = 3.0  # target: ours - best rival at K = 4 and 8, in points
     informative: bool = True  # target: task_arithmetic keeps >= 50 % at K = 4
 
     def key(self) -> str:
         s = self.schedule
         core = f"{s.steps}_{s.lr:g}_{s.optimizer}_{self.replay:g}" + "".join(f"_no-{f}" for f in self.frozen)
-        return f"lora_r{self.rank}_a{self.alpha}_{core}" if self.kind == "lora" else core
+        if self.kind != "lora":
+            return core
+        adapted = "" if self.targets == LORA_TARGETS else "_on-" + "-".join(self.targets)
+        return f"lora_r{self.rank}_a{self.alpha}_{core}{adapted}"
 
     def described(self) -> str:
         s = self.schedule
-        what = (f"LoRA rank {self.rank}, alpha {self.alpha} on {', '.join(LORA_TARGETS)}, materialised; "
+        what = (f"LoRA rank {self.rank}, alpha {self.alpha} on {', '.join(self.targets)}, materialised; "
                 if self.kind == "lora" else "full fine-tunes"
                 + (f" ({', '.join(self.frozen)} frozen)" if self.frozen else "") + "; ")
         return f"{what}{s.steps} steps of {s.optimizer} at lr {s.lr:g}, replay {self.replay:g}"
@@ -200,7 +209,12 @@ def zoo_regime(args: argparse.Namespace) -> Regime:
 def lora_regime(args: argparse.Namespace) -> Regime:
     sched = replace(LORA.schedule, steps=args.lora_steps, lr=args.lora_lr)
     alpha = args.lora_alpha if args.lora_alpha else 2 * args.lora_rank
-    return replace(LORA, schedule=sched, replay=args.lora_replay, rank=args.lora_rank, alpha=alpha)
+    targets = tuple(t for t in args.lora_targets.split(",") if t)
+    if unknown := set(targets) - set(LORA_TARGETS):
+        raise SystemExit(f"--lora-targets: unknown projection(s) {sorted(unknown)}; "
+                         f"choose from {', '.join(LORA_TARGETS)}")
+    return replace(LORA, schedule=sched, replay=args.lora_replay, rank=args.lora_rank, alpha=alpha,
+                   targets=targets or LORA_TARGETS)
 
 
 def gentle_regime(args: argparse.Namespace) -> Regime:
@@ -280,7 +294,7 @@ def fine_tune(regime: Regime, base: dict[str, torch.Tensor], skills: tuple[str, 
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(training_seed("lora-init", skills, seed))
-    cfg = LoraConfig(r=regime.rank, lora_alpha=regime.alpha, lora_dropout=0.0, target_modules=LORA_TARGETS,
+    cfg = LoraConfig(r=regime.rank, lora_alpha=regime.alpha, lora_dropout=0.0, target_modules=list(regime.targets),
                      task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, cfg)
     train(peft_model, sampler, regime.schedule, training_seed("lora", skills, seed))
@@ -606,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-alpha", type=int, default=0, help="LoRA experts: alpha (default 2 x rank)")
     parser.add_argument("--lora-steps", type=int, default=LORA.schedule.steps, help="LoRA experts: steps")
     parser.add_argument("--lora-lr", type=float, default=LORA.schedule.lr, help="LoRA experts: AdamW lr")
+    parser.add_argument("--lora-targets", default=",".join(LORA.targets),
+                        help="LoRA experts: adapted projections, comma-separated")
     parser.add_argument("--lora-replay", type=float, default=LORA.replay, help="LoRA experts: replay share")
     parser.add_argument("--gentle-steps", type=int, default=GENTLE.schedule.steps, help="gentle experts: steps")
     parser.add_argument("--gentle-lr", type=float, default=GENTLE.schedule.lr, help="gentle experts: lr")
@@ -698,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
             "regime": {"name": regime.name, "kind": regime.kind, "described": regime.described(),
                        "rival_margin": regime.rival_margin, "informative": regime.informative,
                        "lora_rank": regime.rank, "lora_alpha": regime.alpha,
-                       "lora_targets": LORA_TARGETS if regime.kind == "lora" else []},
+                       "lora_targets": list(regime.targets) if regime.kind == "lora" else []},
             "expert_steps": regime.schedule.steps, "expert_lr": regime.schedule.lr, "replay": regime.replay,
             "expert_optimizer": regime.schedule.optimizer,
             "threads": args.threads, "skills": [s.name for s in SKILLS],

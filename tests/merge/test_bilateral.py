@@ -11,7 +11,7 @@ from mergekit.merge_methods import merge_state_dicts, registry
 from safetensors.torch import load_file
 
 import mergepipe.merge.methods as custom_methods
-from mergepipe.merge.methods.bilateral import METHOD_NAME, bilateral_delta, check_solver
+from mergepipe.merge.methods.bilateral import METHOD_NAME, Options, bilateral_delta
 
 torch.set_num_threads(1)
 
@@ -48,7 +48,9 @@ def test_registered_once_and_catalogued():
     names = [m.spec.name for m in registry.registered_methods()]
     assert names.count(METHOD_NAME) == 1
     info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
-    assert info["description"] and info["defaults"] == {"eps": 1e-12, "solver": "lowrank", "rank": 256}
+    assert info["description"] and info["defaults"] == {
+        "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True,
+    }
 
 
 def test_single_expert_returns_the_expert(family):
@@ -97,7 +99,10 @@ def test_shared_component_is_counted_once():
     err = lambda m: float((m - ideal).norm() / ideal.norm())  # noqa: E731
     ours = err(bilateral_delta(deltas))
     assert ours < 0.25 * err(deltas.sum(0))  # task arithmetic counts the shared part 4 times
-    assert ours < 0.6 * err(deltas.mean(0))  # averaging keeps a quarter of each own part
+    assert ours < 0.7 * err(deltas.mean(0))  # averaging keeps a quarter of each own part
+    # The output-side term is what tells a shared part from an own one when the subspaces are
+    # not orthogonal: at its full weight the merge gets closer still.
+    assert err(bilateral_delta(deltas, output_weight=1.0)) < 0.9 * ours
 
 
 def test_shared_component_on_its_own_subspace_is_counted_once_exactly():
@@ -258,11 +263,90 @@ def test_lowrank_is_close_to_exact_on_decaying_spectra_and_deterministic():
     assert torch.equal(bilateral_delta(deltas, rank=64), bilateral_delta(deltas, rank=64))
 
 
-def test_solver_and_rank_are_checked():
+def test_options_are_checked():
     with pytest.raises(ValueError, match="solver must be one of lowrank, exact"):
-        check_solver("fast", 256)
+        Options(solver="fast")
     with pytest.raises(ValueError, match="rank must be a whole number"):
-        check_solver("lowrank", 0)
+        Options(rank=0)
+    with pytest.raises(ValueError, match="output_weight must be a finite number >= 0"):
+        Options(output_weight=-0.5)
+
+
+# ---------------------------------------------------------------- output weight and normalisation
+
+
+def _objective(m, deltas, output_weight, weights):
+    total = 0.0
+    for w, t in zip(weights, deltas):
+        total += w * (((m - t) @ (t.T @ t)).square().sum() + output_weight * ((t @ t.T) @ (m - t)).square().sum())
+    return float(total)
+
+
+@pytest.mark.parametrize("output_weight", [0.0, 0.25, 1.0, 3.0])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_solution_is_the_minimiser_of_the_weighted_objective(output_weight, normalize):
+    """Against a plain reference: the stationary point of the objective, found by solving the
+    normal equations on vec(M) with dense Kronecker products (float64)."""
+    deltas = _decaying(3, 12, 9, 0.7, seed=21).double() * torch.tensor([1.0, 3.0, 0.2]).double()[:, None, None]
+    weights = [float(t.square().sum()) ** -2 if normalize else 1.0 for t in deltas]
+    out_dim, in_dim = deltas.shape[1:]
+    lhs = torch.zeros(out_dim * in_dim, out_dim * in_dim, dtype=torch.float64)
+    rhs = torch.zeros(out_dim * in_dim, dtype=torch.float64)
+    for w, t in zip(weights, deltas):
+        a2, b2 = torch.linalg.matrix_power(t.T @ t, 2), torch.linalg.matrix_power(t @ t.T, 2)
+        # row-major vec: vec(M G) = (I kron G^T) vec(M), vec(H M) = (H kron I) vec(M)
+        op = torch.kron(torch.eye(out_dim, dtype=torch.float64), a2.T.contiguous()) + output_weight * torch.kron(
+            b2, torch.eye(in_dim, dtype=torch.float64))
+        lhs += w * op
+        rhs += w * (op @ t.reshape(-1))
+    reference = torch.linalg.lstsq(lhs, rhs).solution.reshape(out_dim, in_dim)
+    merged = bilateral_delta(deltas, solver="exact", output_weight=output_weight, normalize=normalize)
+    assert _rel(merged, reference) < 1e-6
+    bumped = merged + 1e-3 * merged.norm() * torch.randn(merged.shape, generator=torch.Generator().manual_seed(2),
+                                                         dtype=torch.float64) / merged.numel() ** 0.5
+    assert _objective(merged, deltas, output_weight, weights) < _objective(bumped, deltas, output_weight, weights)
+
+
+@pytest.mark.parametrize("solver", ["exact", "lowrank"])
+def test_normalised_what_an_expert_brings_does_not_depend_on_another_experts_scale(solver):
+    """Normalised, each expert's terms are divided by ||tau_i||^4, so rescaling expert 1 by c
+    leaves every operator of the objective unchanged: the merge is L0 tau_0 + c L1 tau_1, and
+    expert 0's part L0 tau_0 = (c M(tau_0, tau_1) - M(tau_0, c tau_1)) / (c - 1) is the same for
+    every c. Unnormalised, the rescaled expert's weight grows with c^4 and expert 0's part shrinks."""
+    deltas = _decaying(2, 40, 30, 0.8, seed=13).double()
+
+    def part_of_expert_0(c: float, normalize: bool) -> torch.Tensor:
+        scaled = deltas.clone()
+        scaled[1] *= c
+        plain = bilateral_delta(deltas, solver=solver, rank=16, normalize=normalize)
+        return (c * plain - bilateral_delta(scaled, solver=solver, rank=16, normalize=normalize)) / (c - 1)
+
+    assert _rel(part_of_expert_0(10.0, True), part_of_expert_0(3.0, True)) < 1e-6
+    assert _rel(part_of_expert_0(10.0, False), part_of_expert_0(3.0, False)) > 0.1
+
+
+@pytest.mark.parametrize("output_weight", [0.0, 0.25, 2.0])
+def test_sanity_properties_hold_at_any_output_weight(output_weight):
+    gen = torch.Generator().manual_seed(9)
+    one = _decaying(1, 30, 20, 0.5, seed=3)[0]
+    torch.testing.assert_close(bilateral_delta(one[None].repeat(3, 1, 1), output_weight=output_weight), one,
+                               atol=1e-5, rtol=1e-4)
+    u, _ = torch.linalg.qr(torch.randn(30, 8, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(20, 8, generator=gen))
+    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
+    b = 5.0 * u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:].T
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, b]), output_weight=output_weight), a + b,
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_without_the_output_term_experts_on_independent_inputs_are_each_kept_on_their_inputs():
+    """output_weight 0 is the input-side objective alone: with linearly independent row spaces
+    it has a zero-loss solution, M acts like tau_i on every row of tau_i."""
+    gen = torch.Generator().manual_seed(17)
+    deltas = torch.stack([torch.randn(24, 8, generator=gen) @ torch.randn(8, 40, generator=gen) for _ in range(3)])
+    merged = bilateral_delta(deltas, solver="exact", output_weight=0.0).double()
+    for t in deltas.double():
+        assert _rel(merged @ t.T, t @ t.T) < 1e-5
 
 
 def test_exact_solver_by_name_in_a_merge(family):

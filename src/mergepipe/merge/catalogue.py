@@ -338,6 +338,8 @@ def _check_value(method: MethodInfo, p: ParameterInfo, value: Any, k: int, where
                 raise ConfigError(f"{field_name}: {value!r} is outside {lo_b}{lo}, {hi}{hi_b}")
         if p.name in ("max_iter", "rank") and value < 1:
             raise ConfigError(f"{field_name}: must be at least 1, got {value!r}")
+        if p.name == "output_weight" and value < 0:
+            raise ConfigError(f"{field_name}: must be at least 0, got {value!r}")
         return int(value) if p.type_name == "int" else float(value)
     return value
 

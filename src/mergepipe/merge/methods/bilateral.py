@@ -3,15 +3,19 @@
 Every expert ``i`` brings a task vector ``tau_i = theta_i - theta_base``. For each weight matrix
 the merged delta ``M`` is the closed-form minimiser of
 
-    sum_i ||(M - tau_i) tau_i^T||_F^2 + ||tau_i^T (M - tau_i)||_F^2
+    sum_i w_i (||(M - tau_i) A_i||_F^2 + o ||B_i (M - tau_i)||_F^2),
+    A_i = tau_i^T tau_i,  B_i = tau_i tau_i^T,  w_i = 1 / ||tau_i||_F^4,  o = output_weight
 
 The first term asks ``M`` to act like ``tau_i`` on the inputs expert ``i`` reacts to (the row
 space of ``tau_i`` stands in for its input data, as in WUDI); the second asks it to write like
-``tau_i`` into the outputs expert ``i`` writes to (its column space). Solving both at once is a
+``tau_i`` into the outputs expert ``i`` writes to (its column space). The input side is where
+interference costs accuracy, so it leads; the output side (``o`` = 0.25 by default) keeps the
+problem well-posed where the experts' input spaces nearly coincide. ``w_i`` gives every expert
+the same say whatever the size of its change (``normalize``). Solving both sides at once is a
 Sylvester equation that decouples in the eigenbases of the two summed Gram matrices, so it
-needs no iterations, no data and no coefficient. It returns the expert for K = 1 or identical
-experts, and the plain sum for experts acting on mutually orthogonal inputs and outputs: what
-one expert learned alone is added in full, what several learned together is counted once.
+needs no iterations and no data. It returns the expert for K = 1 or identical experts, and the
+plain sum for experts acting on mutually orthogonal inputs and outputs: what one expert learned
+alone is added in full, what several learned together is counted once.
 
 * Elements only one expert changed are added as they are (nothing else can interfere there),
   so experts touching disjoint parameters merge to exactly the task-arithmetic sum.
@@ -40,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -54,7 +59,9 @@ METHOD_NAME = "bilateral_consensus"
 Solver = Literal["lowrank", "exact"]
 SOLVERS: tuple[str, ...] = ("lowrank", "exact")
 
-DEFAULTS: dict[str, float | int | str] = {"eps": 1e-12, "solver": "lowrank", "rank": 256}
+DEFAULTS: dict[str, float | int | str | bool] = {
+    "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True,
+}
 
 # Oversampling of the randomized range finder (Halko, Martinsson & Tropp 2011, sec. 4.2: 5-10
 # extra columns make the captured subspace nearly as good as the optimal one).
@@ -101,34 +108,49 @@ def _weighted_mean(deltas: torch.Tensor, reduce_dims: tuple[int, ...]) -> torch.
     return (energy * deltas).sum(0) / total.clamp_min(_tiny(total))
 
 
-def _bilateral_exact(deltas: torch.Tensor, eps: float) -> torch.Tensor:
+def expert_weights(deltas: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Per expert ``1 / ||tau_i||_F^4`` (``normalize``; 0 for an expert that left the matrix
+    unchanged), else 1: with it, rescaling one expert's task vector does not change its say."""
+    if not normalize:
+        return deltas.new_ones(deltas.shape[0])
+    energy = deltas.double().square().sum((1, 2))
+    return torch.where(energy > 0, 1.0 / energy.clamp_min(_tiny(energy)).square(), 0.0).to(deltas.dtype)
+
+
+def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float = 1.0,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """Closed-form minimiser for stacked matrices [K, out, in].
 
-    With ``A_i = tau_i^T tau_i`` and ``B_i = tau_i tau_i^T`` the objective
-    ``sum_i ||(M - tau_i) A_i||^2 + ||B_i (M - tau_i)||^2`` has its gradient vanish where
-    ``H M + M G = C``, ``H = sum_i B_i^2``, ``G = sum_i A_i^2``, ``C = 2 sum_i B_i^2 tau_i``.
+    With ``A_i = tau_i^T tau_i``, ``B_i = tau_i tau_i^T``, expert weights ``w_i`` and output
+    weight ``o`` the objective ``sum_i w_i (||(M - tau_i) A_i||^2 + o ||B_i (M - tau_i)||^2)``
+    has its gradient vanish where ``H M + M G = C``, ``H = o sum_i w_i B_i^2``,
+    ``G = sum_i w_i A_i^2``, ``C = (1 + o) sum_i w_i tau_i A_i^2`` (``B_i^2 tau_i = tau_i A_i^2``).
     With ``H = P diag(h) P^T`` and ``G = Q diag(g) Q^T`` this is
     ``(P^T M Q)_ab = (P^T C Q)_ab / (h_a + g_b)``. Where no expert acts on either side
     (``h_a + g_b`` below eps of the largest) every task vector is zero, and so is M.
     """
     x = deltas.double()
+    w = torch.ones(x.shape[0], dtype=x.dtype) if weights is None else weights.double().cpu()
     out_dim, in_dim = x.shape[1], x.shape[2]
     gram_in = x.new_zeros(in_dim, in_dim)
     gram_out = x.new_zeros(out_dim, out_dim)
     rhs = torch.zeros_like(x[0])
     # Every product is taken in an order that costs O(out * in * (out + in)) per expert: no
     # out^3 or in^3 term besides the two eigendecompositions.
-    for t in x:
+    for weight, t in zip(w.tolist(), x):
+        if weight == 0.0:
+            continue
         t3 = (t @ t.T) @ t if out_dim <= in_dim else t @ (t.T @ t)  # B_i tau_i = tau_i A_i
         a2 = t.T @ t3  # A_i^2
-        b2 = t3 @ t.T  # B_i^2
-        gram_in += a2
-        gram_out += b2
-        rhs += b2 @ t if out_dim <= in_dim else t @ a2  # B_i^2 tau_i = tau_i A_i^2
+        gram_in += weight * a2
+        b2 = t3 @ t.T if output_weight or out_dim <= in_dim else None  # B_i^2
+        if b2 is not None and output_weight:
+            gram_out += (weight * output_weight) * b2
+        rhs += weight * (b2 @ t if b2 is not None and out_dim <= in_dim else t @ a2)  # tau_i A_i^2
     h, p = torch.linalg.eigh(gram_out)
     g, q = torch.linalg.eigh(gram_in)
     denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :]
-    rotated = p.T @ (2.0 * rhs) @ q
+    rotated = p.T @ ((1.0 + output_weight) * rhs) @ q
     solved = torch.where(denom > eps * denom.max(), rotated / denom.clamp_min(_tiny(denom)), 0.0)
     return (p @ solved @ q.T).to(deltas.dtype)
 
@@ -176,7 +198,8 @@ def _factor(t: torch.Tensor, share: int, omega: torch.Tensor) -> tuple[torch.Ten
     return q_left @ a[:, :keep].to(t), s[:keep], q_right @ bt[:keep].T.to(t)
 
 
-def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int) -> torch.Tensor:
+def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weight: float,
+                       weights: torch.Tensor) -> torch.Tensor:
     """The bilateral minimiser restricted to the experts' joint subspaces, for [K, out, in].
 
     Every task vector is factored to rank ``ceil(rank / K)`` (in full when its smaller side is at
@@ -213,15 +236,18 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int) -> torch.Ten
         ((u.T @ left).double() * s) @ (right.T @ v).double() for left, s, right in zip(lefts, spectra, rights)
     ])
     with _one_cpu_thread(x):
-        solved = _bilateral_exact(small, eps).to(x)
+        solved = _bilateral_exact(small, eps, output_weight, weights).to(x)
     return ((u @ solved) @ v.T + tail / k).to(deltas.dtype)
 
 
-def _bilateral(deltas: torch.Tensor, eps: float, solver: str = "lowrank", rank: int = 256) -> torch.Tensor:
-    # A matrix with both sides within the budget costs at most rank^3 to solve exactly.
-    if solver == "exact" or max(deltas.shape[1:]) <= rank:
-        return _bilateral_exact(deltas, eps)
-    return _bilateral_lowrank(deltas, eps, rank)
+def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
+    # The weights come from the full task vectors, so both solvers weigh the experts alike.
+    weights = expert_weights(deltas, options.normalize)
+    # A matrix with both sides within twice the budget costs at most 2 (2 rank)^3 to solve
+    # exactly: less than the low-rank path's per-expert factorizations at that size.
+    if options.solver == "exact" or max(deltas.shape[1:]) <= 2 * options.rank:
+        return _bilateral_exact(deltas, options.eps, options.output_weight, weights)
+    return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights)
 
 
 def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
@@ -240,8 +266,26 @@ def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
     return torch.einsum("rk,krw->rw", weight, rows)
 
 
-def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float, input_embedding: bool,
-                  solver: str, rank: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class Options:
+    """The method's parameters (see DEFAULTS), checked on construction."""
+
+    eps: float = 1e-12
+    solver: str = "lowrank"
+    rank: int = 256
+    output_weight: float = 0.25
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"{METHOD_NAME}: solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"{METHOD_NAME}: rank must be a whole number >= 1, got {self.rank!r}")
+        if not math.isfinite(self.output_weight) or self.output_weight < 0:
+            raise ValueError(f"{METHOD_NAME}: output_weight must be a finite number >= 0, got {self.output_weight!r}")
+
+
+def _merge_shared(deltas: torch.Tensor, axis: int | None, input_embedding: bool, options: Options) -> torch.Tensor:
     if deltas.dim() <= 2:  # scalars and vectors: per element
         return _weighted_mean(deltas, ())
     if axis is not None:  # vocabulary rows: per row
@@ -251,7 +295,7 @@ def _merge_shared(deltas: torch.Tensor, axis: int | None, eps: float, input_embe
         return merged.reshape(moved.shape[1:]).movedim(0, axis)
     k = deltas.shape[0]
     matrices = deltas.reshape(k, deltas.shape[1], -1)  # conv-like weights: flatten the fan-in
-    return _bilateral(matrices, eps, solver, rank).reshape(deltas.shape[1:])
+    return _bilateral(matrices, options).reshape(deltas.shape[1:])
 
 
 def bilateral_delta(
@@ -259,12 +303,13 @@ def bilateral_delta(
     *,
     name: str | None = None,
     vocab_axis: int | None = None,
-    eps: float = 1e-12,
-    solver: str = "lowrank",
-    rank: int = 256,
+    options: Options | None = None,
+    **parameters: float | int | str | bool,
 ) -> torch.Tensor:
-    """The merged task vector for stacked expert task vectors ``deltas`` [K, *shape]."""
-    check_solver(solver, rank)
+    """The merged task vector for stacked expert task vectors ``deltas`` [K, *shape].
+
+    ``options``, or the method's parameters by name (``solver="exact"``, ...)."""
+    options = options or Options(**parameters)  # type: ignore[arg-type]
     if deltas.shape[0] == 1:
         return deltas[0].clone()
     axis = vocabulary_axis(name, vocab_axis, deltas.dim() - 1)
@@ -274,18 +319,11 @@ def bilateral_delta(
     touched = (deltas != 0).sum(0)
     exclusive = touched == 1
     if not bool(exclusive.any()):
-        return _merge_shared(deltas, axis, eps, input_embedding, solver, rank)
+        return _merge_shared(deltas, axis, input_embedding, options)
     alone = (deltas * exclusive).sum(0)
     if not bool((touched > 1).any()):
         return alone
-    return alone + _merge_shared(deltas * ~exclusive, axis, eps, input_embedding, solver, rank)
-
-
-def check_solver(solver: str, rank: int) -> None:
-    if solver not in SOLVERS:
-        raise ValueError(f"{METHOD_NAME}: solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"{METHOD_NAME}: rank must be a whole number >= 1, got {rank!r}")
+    return alone + _merge_shared(deltas * ~exclusive, axis, input_embedding, options)
 
 
 @merge_method(
@@ -294,9 +332,10 @@ def check_solver(solver: str, rank: int) -> None:
     contract=InputContract(base=BasePolicy.REQUIRED),
 )
 def bilateral_consensus_merge(
-    group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256
+    group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256,
+    output_weight: float = 0.25, normalize: bool = True,
 ) -> torch.Tensor:
+    options = Options(eps=eps, solver=solver, rank=rank, output_weight=output_weight, normalize=normalize)
     return merge_group(group, METHOD_NAME, lambda deltas: bilateral_delta(
-        deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, eps=eps,
-        solver=solver, rank=rank,
+        deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, options=options,
     ))
