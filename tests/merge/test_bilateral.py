@@ -353,3 +353,11 @@ def test_exact_solver_by_name_in_a_merge(family):
     base, experts = family
     # The tiny family's matrices are narrower than the budget: both solvers give the same merge.
     _assert_states_close(_merge(base, experts, parameters={"solver": "exact"}), _merge(base, experts))
+
+
+def test_tiny_task_vectors_do_not_overflow_the_normalisation():
+    """||tau||^-4 of a 1e-12-sized change is 1e48: beyond float32, kept in float64."""
+    deltas = _decaying(2, 20, 16, 0.5, seed=23) * 1e-12
+    merged = bilateral_delta(deltas)
+    assert torch.isfinite(merged).all()
+    torch.testing.assert_close(merged / 1e-12, bilateral_delta(deltas / 1e-12), atol=1e-5, rtol=1e-4)

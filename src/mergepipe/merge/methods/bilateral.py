@@ -110,11 +110,14 @@ def _weighted_mean(deltas: torch.Tensor, reduce_dims: tuple[int, ...]) -> torch.
 
 def expert_weights(deltas: torch.Tensor, normalize: bool) -> torch.Tensor:
     """Per expert ``1 / ||tau_i||_F^4`` (``normalize``; 0 for an expert that left the matrix
-    unchanged), else 1: with it, rescaling one expert's task vector does not change its say."""
+    unchanged), else 1, in float64: with it, rescaling one expert's task vector does not
+    change its say."""
     if not normalize:
-        return deltas.new_ones(deltas.shape[0])
-    energy = deltas.double().square().sum((1, 2))
-    return torch.where(energy > 0, 1.0 / energy.clamp_min(_tiny(energy)).square(), 0.0).to(deltas.dtype)
+        return torch.ones(deltas.shape[0], dtype=torch.float64)
+    # One norm per expert, no float64 copy of the stack (that would be 8 bytes per element x K).
+    energy = torch.stack([torch.linalg.vector_norm(t).double() for t in deltas]).square()
+    # Kept in float64 (on the CPU): 1 / ||tau||^4 of a tiny change overflows float32.
+    return torch.where(energy > 0, 1.0 / energy.clamp_min(_tiny(energy)).square(), 0.0).cpu()
 
 
 def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float = 1.0,
