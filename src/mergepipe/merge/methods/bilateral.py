@@ -75,7 +75,7 @@ CATALOGUE_INFO = {
     "layout": "delta",
     "description": (
         "Data-free closed-form merge of task vectors that keeps each expert's effect on its own "
-        "input and output subspaces (bilateral least squares); no coefficients to set."
+        "input and output subspaces (bilateral least squares); no per-task coefficients."
     ),
     "defaults": dict(DEFAULTS),
 }
