@@ -133,14 +133,10 @@ def _methods() -> tuple[Method, ...]:
         _catalogue_method(name, name) for name in ("tsv", "iso_c", "iso_cts", "wudi")
     ]
     ours = _catalogue_method(OURS, OURS)
-    # The exact solver beside the default one, where the method has a choice of solver.
-    exact = None
-    if ours is not None and "solver" in {p.name for p in _registered()[OURS].spec.parameters}:
-        exact = _catalogue_method(OURS_EXACT, OURS, {"solver": "exact"})
-    # Ablation: the objective with its output side at full weight and no per-expert normalisation.
-    symmetric = None
-    if ours is not None and "output_weight" in {p.name for p in _registered()[OURS].spec.parameters}:
-        symmetric = _catalogue_method(OURS_SYMMETRIC, OURS, {"output_weight": 1.0, "normalize": False})
+    # The exact solver beside the default one, and the previous version (output side at full
+    # weight, no per-expert normalisation) as an ablation.
+    exact = _catalogue_method(OURS_EXACT, OURS, {"solver": "exact"}) if ours else None
+    symmetric = _catalogue_method(OURS_SYMMETRIC, OURS, {"output_weight": 1.0, "normalize": False}) if ours else None
     return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric) if m is not None)
 
 

@@ -236,6 +236,9 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "select_topk": (0.0, 1.0, False, True),
 }
 
+# Lower bounds of well-known parameters that have no upper one.
+_MINIMUMS: dict[str, int] = {"max_iter": 1, "rank": 1, "output_weight": 0}
+
 
 def resolve_parameters(
     method: MethodInfo, given: dict[str, Any], n_experts: int, where: str
@@ -336,10 +339,8 @@ def _check_value(method: MethodInfo, p: ParameterInfo, value: Any, k: int, where
             if not ok:
                 lo_b, hi_b = ("[" if lo_inc else "("), ("]" if hi_inc else ")")
                 raise ConfigError(f"{field_name}: {value!r} is outside {lo_b}{lo}, {hi}{hi_b}")
-        if p.name in ("max_iter", "rank") and value < 1:
-            raise ConfigError(f"{field_name}: must be at least 1, got {value!r}")
-        if p.name == "output_weight" and value < 0:
-            raise ConfigError(f"{field_name}: must be at least 0, got {value!r}")
+        if p.name in _MINIMUMS and value < _MINIMUMS[p.name]:
+            raise ConfigError(f"{field_name}: must be at least {_MINIMUMS[p.name]}, got {value!r}")
         return int(value) if p.type_name == "int" else float(value)
     return value
 

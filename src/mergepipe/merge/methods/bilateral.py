@@ -120,8 +120,7 @@ def expert_weights(deltas: torch.Tensor, normalize: bool) -> torch.Tensor:
     return torch.where(energy > 0, 1.0 / energy.clamp_min(_tiny(energy)).square(), 0.0).cpu()
 
 
-def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float = 1.0,
-                     weights: torch.Tensor | None = None) -> torch.Tensor:
+def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float, weights: torch.Tensor) -> torch.Tensor:
     """Closed-form minimiser for stacked matrices [K, out, in].
 
     With ``A_i = tau_i^T tau_i``, ``B_i = tau_i tau_i^T``, expert weights ``w_i`` and output
@@ -133,23 +132,22 @@ def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float = 1.
     (``h_a + g_b`` below eps of the largest) every task vector is zero, and so is M.
     """
     x = deltas.double()
-    w = torch.ones(x.shape[0], dtype=x.dtype) if weights is None else weights.double().cpu()
     out_dim, in_dim = x.shape[1], x.shape[2]
     gram_in = x.new_zeros(in_dim, in_dim)
     gram_out = x.new_zeros(out_dim, out_dim)
     rhs = torch.zeros_like(x[0])
     # Every product is taken in an order that costs O(out * in * (out + in)) per expert: no
     # out^3 or in^3 term besides the two eigendecompositions.
-    for weight, t in zip(w.tolist(), x):
+    for weight, t in zip(weights.tolist(), x):
         if weight == 0.0:
             continue
         t3 = (t @ t.T) @ t if out_dim <= in_dim else t @ (t.T @ t)  # B_i tau_i = tau_i A_i
         a2 = t.T @ t3  # A_i^2
         gram_in += weight * a2
-        b2 = t3 @ t.T if output_weight or out_dim <= in_dim else None  # B_i^2
-        if b2 is not None and output_weight:
+        if out_dim <= in_dim or output_weight:
+            b2 = t3 @ t.T  # B_i^2
             gram_out += (weight * output_weight) * b2
-        rhs += weight * (b2 @ t if b2 is not None and out_dim <= in_dim else t @ a2)  # tau_i A_i^2
+        rhs += weight * (b2 @ t if out_dim <= in_dim else t @ a2)  # tau_i A_i^2
     h, p = torch.linalg.eigh(gram_out)
     g, q = torch.linalg.eigh(gram_in)
     denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :]
