@@ -13,7 +13,10 @@ of real LLM fine-tunes do, so that merging works in principle and methods can be
   projections), materialised into a full state dict (base + B·A·alpha/r) and merged as a full
   task vector;
 * ``gentle``: full fine-tunes with a gentler recipe (see ``GENTLE`` and docs/benchmarks.md for
-  the pilot that chose it).
+  the pilot that chose it);
+* ``wide``: the ``lora`` experts on a wider base (``WIDE_SHAPE``), trained by this script with
+  the zoo's own base schedule, corpus and seed (cached like the experts), where four adapters
+  leave more room to each other than in the 128-wide zoo base.
 
 Metric per task: normalised accuracy = exact match of the merged model / exact match of the
 expert of that task (in setting 2: the best expert trained on that skill). Exact match is the
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import statistics
 import sys
@@ -61,11 +65,11 @@ from mergekit.merge_methods.base import BasePolicy  # noqa: E402
 import mergepipe.merge.methods  # noqa: E402  (registers mergepipe's own methods)
 from mergepipe.core.atomic import write_json  # noqa: E402
 from mergepipe.core.paths import cache_dir  # noqa: E402
-from mergepipe.zoo.build import part_seed  # noqa: E402
+from mergepipe.zoo.build import deterministic_torch, part_seed  # noqa: E402
 from mergepipe.zoo.corpus import Sampler, Streams, mixture, test_items  # noqa: E402
 from mergepipe.zoo.recipe import RECIPE  # noqa: E402
 from mergepipe.zoo.skills import SKILLS, skill  # noqa: E402
-from mergepipe.zoo.training import Schedule, exact_match, new_model, train  # noqa: E402
+from mergepipe.zoo.training import ModelShape, Schedule, exact_match, new_model, train  # noqa: E402
 
 ZOO_SEED = 0  # the zoo build (base, corpus, test split); expert seeds vary the fine-tuning only
 
@@ -171,6 +175,7 @@ class Regime:
     frozen: tuple[str, ...] = ()  # full fine-tunes: parameters whose name contains one of these stay fixed
     targets: tuple[str, ...] = LORA_TARGETS  # LoRA experts: the adapted projections
     rival_margin: float = 3.0  # target: ours - best rival at K = 4 and 8, in points
+    shape: ModelShape = RECIPE.shape  # the base's shape: the zoo's, or a wider one trained here
     informative: bool = True  # target: task_arithmetic keeps >= 50 % at K = 4
 
     def key(self) -> str:
@@ -188,12 +193,19 @@ class Regime:
                 + (f" ({', '.join(self.frozen)} frozen)" if self.frozen else "") + "; ")
         return f"{what}{s.steps} steps of {s.optimizer} at lr {s.lr:g}, replay {self.replay:g}"
 
+    def wide(self) -> bool:
+        return self.shape != RECIPE.shape
+
 
 # Chosen by the pilot recorded in docs/benchmarks.md (seed 0, K = 4, task_arithmetic only).
 LORA = Regime("lora", "lora ", "lora", replace(RECIPE.lora, steps=200, lr=1.5e-3), RECIPE.replay, rank=16, alpha=32)
 GENTLE = Regime("gentle", "gentle ", "full", replace(RECIPE.expert, steps=250, lr=1e-4, optimizer="adamw"),
                 RECIPE.replay)
-SETTINGS = ("disjoint", "overlap", "lora", "gentle")
+# Twice the zoo's width (head size 64, MLP 3x hidden as in the zoo), same depth and vocabulary.
+WIDE_SHAPE = ModelShape(hidden=256, layers=4, heads=4, intermediate=768)
+WIDE = replace(LORA, name="wide", prefix="wide ", shape=WIDE_SHAPE)
+SETTINGS = ("disjoint", "overlap", "lora", "gentle", "wide")
+REGIME_ORDER = ("zoo", "lora", "gentle", "wide")
 
 
 def zoo_regime(args: argparse.Namespace) -> Regime:
@@ -219,13 +231,25 @@ def gentle_regime(args: argparse.Namespace) -> Regime:
     return replace(GENTLE, schedule=sched, replay=args.gentle_replay, frozen=frozen)
 
 
+def wide_regime(args: argparse.Namespace) -> Regime:
+    """The LoRA recipe (as the --lora-* options set it) on the wider base."""
+    shape = replace(WIDE_SHAPE, hidden=args.wide_hidden, layers=args.wide_layers,
+                    intermediate=3 * args.wide_hidden)
+    if shape.hidden % shape.heads:
+        raise SystemExit(f"--wide-hidden: {shape.hidden} is not a multiple of {shape.heads} heads")
+    return replace(lora_regime(args), name="wide", prefix="wide ", shape=shape)
+
+
 # ---------------------------------------------------------------- models
 
 
-def load_base(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str]:
-    """The zoo base model's weights (built on first use), and where they came from."""
+def load_base(args: argparse.Namespace, shape: ModelShape = RECIPE.shape) -> tuple[dict[str, torch.Tensor], str]:
+    """The base model's weights and where they came from: ``--base``, the zoo base (built on
+    first use), or for another shape a base trained here exactly as the zoo trains its own."""
     from transformers import LlamaForCausalLM
 
+    if shape != RECIPE.shape:
+        return wide_base(args, shape)
     if args.base:
         path = Path(args.base)
         if path.is_dir():
@@ -234,6 +258,42 @@ def load_base(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str]:
     base_dir = Path(zoo_manifest().model("base").path)
     state = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).state_dict()
     return state, f"zoo://base ({base_dir.name})"
+
+
+def shape_key(shape: ModelShape) -> str:
+    return f"h{shape.hidden}_l{shape.layers}_a{shape.heads}_i{shape.intermediate}_p{shape.max_positions}"
+
+
+def wide_base(args: argparse.Namespace, shape: ModelShape) -> tuple[dict[str, torch.Tensor], str]:
+    """A base of ``shape`` pre-trained with the zoo's base schedule, corpus and seeds (the code
+    of ``zoo.build.build_base``), cached under the expert cache by shape and schedule.
+
+    The learning rate scales like 1 / width (the zoo's 3e-3 at 128 wide): at the zoo's rate a
+    256-wide base stalled at loss 1.02 (the zoo base reaches 0.38) and its experts at ~18 %."""
+    s = replace(RECIPE.base, lr=RECIPE.base.lr * RECIPE.shape.hidden / shape.hidden)
+    path = Path(args.cache) / "bases" / f"{shape_key(shape)}_{s.steps}_{s.lr:g}_{s.batch}_z{ZOO_SEED}.pt"
+    source = f"wide base {shape_key(shape)} ({s.steps} steps of the zoo's base schedule)"
+    if path.exists():
+        return torch.load(path, map_location="cpu"), source
+    log(f"training the {source}; cached at {path}")
+    start = time.perf_counter()
+    with deterministic_torch():
+        model = new_model(shape, part_seed(ZOO_SEED, "base-init"))
+        done = [0]
+
+        def progress() -> None:
+            done[0] += 1
+            if done[0] % 100 == 0:
+                log(f"  base step {done[0]}/{s.steps}")
+
+        loss = train(model, Streams(ZOO_SEED).base_mix(), s, part_seed(ZOO_SEED, "base"), progress)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    log(f"  trained the wide base in {time.perf_counter() - start:.0f}s (final loss {loss:.3f})")
+    return state, source
 
 
 def zoo_manifest():
@@ -279,7 +339,7 @@ def expert_path(args: argparse.Namespace, regime: Regime, base_id: str, skills: 
 def fine_tune(regime: Regime, base: dict[str, torch.Tensor], skills: tuple[str, ...], seed: int
               ) -> dict[str, torch.Tensor]:
     """One expert's full weights: a full fine-tune, or base + B·A·alpha/r of a LoRA adapter."""
-    model = new_model(RECIPE.shape, ZOO_SEED)
+    model = new_model(regime.shape, ZOO_SEED)
     model.load_state_dict(base)
     sampler = expert_sampler(Streams(ZOO_SEED), skills, regime.replay)
     if regime.kind == "full":
@@ -312,7 +372,7 @@ def get_expert(
     start = time.perf_counter()
     state = fine_tune(regime, base, skills, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs may train the same expert
     torch.save(state, tmp)
     tmp.replace(path)
     log(f"  trained {regime.name} expert {tag} seed {seed} in {time.perf_counter() - start:.0f}s")
@@ -323,8 +383,8 @@ def get_expert(
 
 
 class Evaluator:
-    def __init__(self, base: dict[str, torch.Tensor]) -> None:
-        self.model = new_model(RECIPE.shape, ZOO_SEED)
+    def __init__(self, base: dict[str, torch.Tensor], shape: ModelShape = RECIPE.shape) -> None:
+        self.model = new_model(shape, ZOO_SEED)
         self.model.load_state_dict(base)
         self.tests = {
             s.name: [(t.prompt, t.answer + "\n") for t in test_items(s, ZOO_SEED)] for s in SKILLS
@@ -517,9 +577,11 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 f"K experts = the first K of {', '.join(result['skills'])}; overlap experts: "
                 f"{', '.join(result['overlap_experts'])}.")
         else:
+            base = (f"base: {result['base_source']} (`{result['base_digest']}`)" if regime.get("wide")
+                    else f"same base (`{result['base_digest']}`)")
             lines.append(
-                f"**Informative regime, `{regime['name']}` experts**: {regime['described']}; same base "
-                f"(`{result['base_digest']}`), same K experts; seeds {result['seeds']}.")
+                f"**Informative regime, `{regime['name']}` experts**: {regime['described']}; {base}, "
+                f"same K experts; seeds {result['seeds']}.")
         lines += ["", _expert_line(result), "", *_results_table(result)]
     rival_sets = {" / ".join(s["_paired_vs_best_rival"]["rivals"]) for r in results for s in r["settings"].values()
                   if "_paired_vs_best_rival" in s}
@@ -579,8 +641,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("normalised accuracy (%)")
         ax.set_ylim(0, max(10.0, top * 1.15))
         regime = result.get("regime", {}).get("name", "zoo")
-        ax.set_title("zoo expert recipe" if regime == "zoo" else f"informative regime: {regime} experts",
-                     fontsize=10)
+        title = "zoo expert recipe" if regime == "zoo" else f"informative regime: {regime} experts"
+        if result.get("regime", {}).get("wide"):
+            title += f" on the {result['regime']['base_shape']} base"
+        ax.set_title(title, fontsize=10)
     fig.suptitle("Merge quality on the zoo: mean ± std over expert fine-tuning seeds (expert = 100 %)")
     handles, names = axes[-1, 0].get_legend_handles_labels()
     fig.legend(handles, names, ncol=7, fontsize=8, loc="lower center", frameon=False)
@@ -625,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gentle-frozen", default=",".join(GENTLE.frozen),
                         help="gentle experts: parameter-name parts kept fixed, comma-separated (embed_tokens,...)")
     parser.add_argument("--gentle-replay", type=float, default=GENTLE.replay, help="gentle experts: replay share")
+    parser.add_argument("--wide-hidden", type=int, default=WIDE_SHAPE.hidden,
+                        help="wide experts: base hidden size (MLP 3x; 4 heads)")
+    parser.add_argument("--wide-layers", type=int, default=WIDE_SHAPE.layers, help="wide experts: base layers")
     parser.add_argument("--timing-repeats", type=int, default=3, help="merges per method; the fastest is kept")
     parser.add_argument("--cached-only", action="store_true",
                         help="skip settings whose experts are not cached yet (a reduced run)")
@@ -654,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = tuple(m for m in METHODS if m.label in wanted)
 
     zoo = zoo_regime(args)
-    regimes = {"disjoint": zoo, "overlap": zoo, "lora": lora_regime(args), "gentle": gentle_regime(args)}
+    regimes = {"disjoint": zoo, "overlap": zoo, "lora": lora_regime(args), "gentle": gentle_regime(args),
+               "wide": wide_regime(args)}
     # (regime, setting name, experts' skills) in run order, per seed
     plan: list[tuple[Regime, str, list[tuple[str, ...]]]] = []
     for name in SETTINGS:
@@ -666,19 +734,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             plan += [(regime, f"{regime.prefix}K={k}", [(s.name,) for s in SKILLS[:k]]) for k in ks]
 
-    base, source = load_base(args)
-    base_id = digest(base)
-    log(f"base {source} ({base_id}); methods: {', '.join(m.label for m in methods)}")
+    # One base per shape in the plan (the zoo's, a wide one), loaded or trained once.
+    bases: dict[ModelShape, tuple[dict[str, torch.Tensor], str, str]] = {}
+    for regime, _, _ in plan:
+        if regime.shape not in bases:
+            state, source = load_base(args, regime.shape)
+            bases[regime.shape] = (state, source, digest(state))
+            log(f"base {source} ({bases[regime.shape][2]})")
+    log(f"methods: {', '.join(m.label for m in methods)}")
     if args.train_only:
         for seed in seeds:
             for regime, _, expert_skills in plan:
+                base, _, base_id = bases[regime.shape]
                 for sk in expert_skills:
                     get_expert(args, regime, base, base_id, sk, seed)
         return 0
-    evaluator = Evaluator(base)
+    evaluators = {shape: Evaluator(state, shape) for shape, (state, _, _) in bases.items()}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def missing(regime: Regime, expert_skills: list[tuple[str, ...]], seed: int) -> bool:
+        base_id = bases[regime.shape][2]
         gone = [sk for sk in expert_skills if not expert_path(args, regime, base_id, sk, seed).exists()]
         if gone and args.cached_only:
             log(f"  skipped: experts not trained yet for seed {seed}: {['+'.join(g) for g in gone]}")
@@ -690,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name} seed={seed}")
             if missing(regime, expert_skills, seed):
                 continue
-            r = run_setting(args, regime, methods, evaluator, base, base_id, expert_skills, seed)
+            base, _, base_id = bases[regime.shape]
+            r = run_setting(args, regime, methods, evaluators[regime.shape], base, base_id, expert_skills, seed)
             runs.setdefault(regime.name, {}).setdefault(name, []).append(r)
             log("  expert " + " ".join(f"{s}={100 * a:.0f}" for s, a in r["expert_accuracy"].items()))
             log("  " + "  ".join(f"{m}={100 * v['mean_normalised']:.1f}" for m, v in r["methods"].items()))
@@ -700,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {r.name: r for r in regimes.values()}
     for regime_name, regime_runs in runs.items():
         regime = by_name[regime_name]
+        _, source, base_id = bases[regime.shape]
         settings = {name: summarise(rs) for name, rs in regime_runs.items()}
         k_settings = [n for n in settings if k_of(n) is not None]
         timing_setting = max(k_settings, key=lambda n: k_of(n) or 0) if k_settings else next(iter(settings))
@@ -710,7 +787,8 @@ def main(argv: list[str] | None = None) -> int:
             "regime": {"name": regime.name, "kind": regime.kind, "described": regime.described(),
                        "rival_margin": regime.rival_margin, "informative": regime.informative,
                        "lora_rank": regime.rank, "lora_alpha": regime.alpha,
-                       "lora_targets": list(regime.targets) if regime.kind == "lora" else []},
+                       "lora_targets": list(regime.targets) if regime.kind == "lora" else [],
+                       "wide": regime.wide(), "base_shape": shape_key(regime.shape)},
             "expert_steps": regime.schedule.steps, "expert_lr": regime.schedule.lr, "replay": regime.replay,
             "expert_optimizer": regime.schedule.optimizer,
             "threads": args.threads, "skills": [s.name for s in SKILLS],
@@ -728,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  ours - {p['rival']}: {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} (paired, n={p['n_pairs']})")
     # The docs and the plot show every results file present, in regime order.
     results = []
-    for regime_name in ("zoo", "lora", "gentle"):
+    for regime_name in REGIME_ORDER:
         path = results_path(out, regime_name)
         if path.exists():
             results.append(json.loads(path.read_text(encoding="utf-8")))
