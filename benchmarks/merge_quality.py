@@ -272,7 +272,7 @@ def wide_base(args: argparse.Namespace, shape: ModelShape) -> tuple[dict[str, to
     256-wide base stalled at loss 1.02 (the zoo base reaches 0.38) and its experts at ~18 %."""
     s = replace(RECIPE.base, lr=RECIPE.base.lr * RECIPE.shape.hidden / shape.hidden)
     path = Path(args.cache) / "bases" / f"{shape_key(shape)}_{s.steps}_{s.lr:g}_{s.batch}_z{ZOO_SEED}.pt"
-    source = f"wide base {shape_key(shape)} ({s.steps} steps of the zoo's base schedule)"
+    source = f"wide base {shape_key(shape)} ({s.steps} steps of the zoo's base schedule at lr {s.lr:g})"
     if path.exists():
         return torch.load(path, map_location="cpu"), source
     log(f"training the {source}; cached at {path}")
