@@ -65,7 +65,7 @@ from mergekit.merge_methods.base import BasePolicy  # noqa: E402
 import mergepipe.merge.methods  # noqa: E402  (registers mergepipe's own methods)
 from mergepipe.core.atomic import write_json  # noqa: E402
 from mergepipe.core.paths import cache_dir  # noqa: E402
-from mergepipe.zoo.build import deterministic_torch, part_seed  # noqa: E402
+from mergepipe.zoo.build import part_seed, train_base  # noqa: E402
 from mergepipe.zoo.corpus import Sampler, Streams, mixture, test_items  # noqa: E402
 from mergepipe.zoo.recipe import RECIPE  # noqa: E402
 from mergepipe.zoo.skills import SKILLS, skill  # noqa: E402
@@ -203,7 +203,6 @@ GENTLE = Regime("gentle", "gentle ", "full", replace(RECIPE.expert, steps=250, l
                 RECIPE.replay)
 # Twice the zoo's width (head size 64, MLP 3x hidden as in the zoo), same depth and vocabulary.
 WIDE_SHAPE = ModelShape(hidden=256, layers=4, heads=4, intermediate=768)
-WIDE = replace(LORA, name="wide", prefix="wide ", shape=WIDE_SHAPE)
 SETTINGS = ("disjoint", "overlap", "lora", "gentle", "wide")
 REGIME_ORDER = ("zoo", "lora", "gentle", "wide")
 
@@ -265,11 +264,11 @@ def shape_key(shape: ModelShape) -> str:
 
 
 def wide_base(args: argparse.Namespace, shape: ModelShape) -> tuple[dict[str, torch.Tensor], str]:
-    """A base of ``shape`` pre-trained with the zoo's base schedule, corpus and seeds (the code
-    of ``zoo.build.build_base``), cached under the expert cache by shape and schedule.
+    """A base of ``shape`` pre-trained as the zoo pre-trains its own (``zoo.build.train_base``:
+    corpus, schedule, seeds), cached under the expert cache by shape and schedule.
 
     The learning rate scales like 1 / width (the zoo's 3e-3 at 128 wide): at the zoo's rate a
-    256-wide base stalled at loss 1.02 (the zoo base reaches 0.38) and its experts at ~18 %."""
+    256-wide base stalled at loss 1.02 (the zoo base reaches 0.38) and its experts at 10-30 %."""
     s = replace(RECIPE.base, lr=RECIPE.base.lr * RECIPE.shape.hidden / shape.hidden)
     path = Path(args.cache) / "bases" / f"{shape_key(shape)}_{s.steps}_{s.lr:g}_{s.batch}_z{ZOO_SEED}.pt"
     source = f"wide base {shape_key(shape)} ({s.steps} steps of the zoo's base schedule at lr {s.lr:g})"
@@ -277,16 +276,14 @@ def wide_base(args: argparse.Namespace, shape: ModelShape) -> tuple[dict[str, to
         return torch.load(path, map_location="cpu"), source
     log(f"training the {source}; cached at {path}")
     start = time.perf_counter()
-    with deterministic_torch():
-        model = new_model(shape, part_seed(ZOO_SEED, "base-init"))
-        done = [0]
+    done = [0]
 
-        def progress() -> None:
-            done[0] += 1
-            if done[0] % 100 == 0:
-                log(f"  base step {done[0]}/{s.steps}")
+    def progress() -> None:
+        done[0] += 1
+        if done[0] % 100 == 0:
+            log(f"  base step {done[0]}/{s.steps}")
 
-        loss = train(model, Streams(ZOO_SEED).base_mix(), s, part_seed(ZOO_SEED, "base"), progress)
+    model, loss = train_base(shape, s, ZOO_SEED, progress)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -671,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated expert fine-tuning seeds")
     parser.add_argument("--no-overlap", action="store_true", help="skip the overlapping-skills setting")
     parser.add_argument("--methods", default="", help="comma-separated method labels (default: all)")
-    parser.add_argument("--base", default=None, help="base weights (HF dir or state-dict .pt); default: zoo")
+    parser.add_argument("--base", default=None,
+                        help="base weights (HF dir or state-dict .pt) of the zoo-shaped settings; default: zoo")
     parser.add_argument("--expert-steps", type=int, default=RECIPE.expert.steps, help="steps per expert")
     parser.add_argument("--expert-lr", type=float, default=RECIPE.expert.lr, help="expert learning rate")
     parser.add_argument("--optimizer", default=RECIPE.expert.optimizer, help="expert optimizer (adamw or sgd)")

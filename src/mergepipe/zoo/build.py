@@ -76,12 +76,19 @@ def load_base(base_dir: Path) -> torch.nn.Module:
 Step = Callable[[], None] | None  # called after every training step (progress)
 
 
+def train_base(shape: training.ModelShape, schedule: training.Schedule, seed: int,
+               on_step: Step = None) -> tuple[torch.nn.Module, float]:
+    """Pre-train a base of ``shape`` on the zoo's generic corpus (the model and its last loss);
+    the zoo's own base is ``train_base(RECIPE.shape, RECIPE.base, seed)``."""
+    with deterministic_torch():
+        model = training.new_model(shape, part_seed(seed, "base-init"))
+        loss = training.train(model, corpus.Streams(seed).base_mix(), schedule, part_seed(seed, "base"), on_step)
+    return model, loss
+
+
 def build_base(out: Path, seed: int, on_step: Step = None) -> None:
     def make(tmp: Path) -> dict:
-        with deterministic_torch():
-            model = training.new_model(RECIPE.shape, part_seed(seed, "base-init"))
-            loss = training.train(model, corpus.Streams(seed).base_mix(), RECIPE.base, part_seed(seed, "base"),
-                                  on_step)
+        model, loss = train_base(RECIPE.shape, RECIPE.base, seed, on_step)
         save_model(model, tmp)
         return {"final_loss": round(loss, 4)}
 
