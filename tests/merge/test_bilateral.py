@@ -49,7 +49,7 @@ def test_registered_once_and_catalogued():
     assert names.count(METHOD_NAME) == 1
     info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
     assert info["description"] and info["defaults"] == {
-        "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True,
+        "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True, "background": 0.0,
     }
 
 
@@ -270,6 +270,8 @@ def test_options_are_checked():
         Options(rank=0)
     with pytest.raises(ValueError, match="output_weight must be a finite number >= 0"):
         Options(output_weight=-0.5)
+    with pytest.raises(ValueError, match="background must be a finite number >= 0"):
+        Options(background=float("nan"))
 
 
 # ---------------------------------------------------------------- output weight and normalisation
@@ -361,3 +363,84 @@ def test_tiny_task_vectors_do_not_overflow_the_normalisation():
     merged = bilateral_delta(deltas)
     assert torch.isfinite(merged).all()
     torch.testing.assert_close(merged / 1e-12, bilateral_delta(deltas / 1e-12), atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- background term
+
+
+def _background_shares(deltas, background, normalize=True):
+    """l_i = background * w_i tr(A_i^2) / fan-in, the weight of expert i's ||M - tau_i||^2."""
+    shares = []
+    for t in deltas.double():
+        a = t.T @ t
+        w = float(t.square().sum()) ** -2 if normalize else 1.0
+        shares.append(background * w * float(torch.trace(a @ a)) / deltas.shape[2])
+    return shares
+
+
+@pytest.mark.parametrize("background", [0.5, 4.0])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_background_solution_is_the_minimiser_with_the_isotropic_term(background, normalize):
+    """Dense Kronecker reference of the objective plus sum_i l_i ||M - tau_i||^2."""
+    deltas = _decaying(3, 10, 8, 0.7, seed=31).double() * torch.tensor([1.0, 2.0, 0.5]).double()[:, None, None]
+    weights = [float(t.square().sum()) ** -2 if normalize else 1.0 for t in deltas]
+    out_dim, in_dim = deltas.shape[1:]
+    eye = torch.eye(out_dim * in_dim, dtype=torch.float64)
+    lhs = torch.zeros(out_dim * in_dim, out_dim * in_dim, dtype=torch.float64)
+    rhs = torch.zeros(out_dim * in_dim, dtype=torch.float64)
+    for w, share, t in zip(weights, _background_shares(deltas, background, normalize), deltas):
+        a2, b2 = torch.linalg.matrix_power(t.T @ t, 2), torch.linalg.matrix_power(t @ t.T, 2)
+        op = torch.kron(torch.eye(out_dim, dtype=torch.float64), a2.T.contiguous()) + 0.25 * torch.kron(
+            b2, torch.eye(in_dim, dtype=torch.float64))
+        lhs += w * op + share * eye
+        rhs += (w * op + share * eye) @ t.reshape(-1)
+    reference = torch.linalg.solve(lhs, rhs).reshape(out_dim, in_dim)
+    merged = bilateral_delta(deltas, solver="exact", background=background, normalize=normalize)
+    assert _rel(merged, reference) < 1e-6
+    assert _rel(merged, bilateral_delta(deltas, solver="exact", normalize=normalize)) > 1e-3  # it does act
+
+
+def test_background_shrinks_experts_on_orthogonal_subspaces_towards_their_mean():
+    """On mutually orthogonal subspaces each singular direction of expert i is kept at
+    (c + l_i) / (c + L) of its size, c = (1 + o) w_i sigma^4: the strong directions nearly in
+    full, the weak ones towards the mean of the experts; without background, the plain sum."""
+    gen = torch.Generator().manual_seed(3)
+    u, _ = torch.linalg.qr(torch.randn(48, 8, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(40, 8, generator=gen, dtype=torch.float64))
+    spectra = [torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=torch.float64), torch.tensor([1.0, 0.8, 0.6, 0.4]).double()]
+    parts = [(u[:, 4 * i:4 * i + 4], s, v[:, 4 * i:4 * i + 4]) for i, s in enumerate(spectra)]
+    deltas = torch.stack([left @ torch.diag(s) @ right.T for left, s, right in parts])
+    shares = _background_shares(deltas, 2.0)
+    expected = sum(
+        left @ torch.diag(s * (c + share) / (c + sum(shares))) @ right.T
+        for (left, s, right), share in zip(parts, shares)
+        for c in [1.25 * s.pow(4) / s.square().sum().square()]
+    )
+    for solver in ("exact", "lowrank"):
+        merged = bilateral_delta(deltas, solver=solver, rank=8, background=2.0)
+        assert _rel(merged, expected) < 1e-6, solver
+    assert _rel(bilateral_delta(deltas, solver="exact"), deltas.sum(0)) < 1e-6
+
+
+@pytest.mark.parametrize("solver", ["exact", "lowrank"])
+def test_background_keeps_single_and_identical_experts(solver):
+    full = _decaying(3, 200, 300, 0.5, seed=5)
+    torch.testing.assert_close(bilateral_delta(full[:1], solver=solver, rank=16, background=3.0), full[0])
+    torch.testing.assert_close(bilateral_delta(full[1:2].repeat(4, 1, 1), solver=solver, rank=16, background=3.0),
+                               full[1], atol=1e-6, rtol=1e-4)
+
+
+def test_background_lowrank_equals_exact_when_every_rank_fits_its_share():
+    gen = torch.Generator().manual_seed(12)
+    deltas = torch.stack([torch.randn(300, 4, generator=gen) @ torch.randn(4, 500, generator=gen) for _ in range(3)])
+    exact = bilateral_delta(deltas, solver="exact", background=1.0)
+    assert _rel(bilateral_delta(deltas, rank=24, background=1.0), exact) < 1e-4
+    assert _rel(exact, bilateral_delta(deltas, solver="exact")) > 1e-3
+
+
+def test_background_is_scale_free_down_to_tiny_task_vectors():
+    deltas = _decaying(2, 300, 400, 0.5, seed=24)
+    merged = bilateral_delta(deltas, rank=16, background=1.0, normalize=False)
+    tiny = bilateral_delta(deltas * 1e-12, rank=16, background=1.0, normalize=False)
+    assert torch.isfinite(tiny).all()
+    assert _rel(tiny / 1e-12, merged) < 1e-4

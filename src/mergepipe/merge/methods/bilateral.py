@@ -32,6 +32,8 @@ alone is added in full, what several learned together is counted once.
   Cost per matrix O(out * in * rank), like TIES linear in the matrix size. When every expert's
   rank fits its share (LoRA experts, narrow matrices) the answer is the exact one.
   ``solver: exact`` keeps the full eigendecompositions (O(out^3 + in^3)).
+* ``background`` (off by default) adds ``sum_i l_i ||M - tau_i||^2``: an isotropic part of each
+  expert's inputs, on which every other expert's delta acts too. It keeps the closed form.
 * Inputs are upcast to at least float32, the small spectral step runs in float64 (Gram matrices
   square the condition number), on whatever device mergekit hands the tensors to.
 
@@ -61,6 +63,7 @@ SOLVERS: tuple[str, ...] = ("lowrank", "exact")
 
 DEFAULTS: dict[str, float | int | str | bool] = {
     "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True,
+    "background": 0.0,
 }
 
 # Oversampling of the randomized range finder (Halko, Martinsson & Tropp 2011, sec. 4.2: 5-10
@@ -120,7 +123,8 @@ def expert_weights(deltas: torch.Tensor, normalize: bool) -> torch.Tensor:
     return torch.where(energy > 0, 1.0 / energy.clamp_min(_tiny(energy)).square(), 0.0).cpu()
 
 
-def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float, weights: torch.Tensor) -> torch.Tensor:
+def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float, weights: torch.Tensor,
+                     background_per_input: float = 0.0) -> torch.Tensor:
     """Closed-form minimiser for stacked matrices [K, out, in].
 
     With ``A_i = tau_i^T tau_i``, ``B_i = tau_i tau_i^T``, expert weights ``w_i`` and output
@@ -130,12 +134,18 @@ def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float, wei
     With ``H = P diag(h) P^T`` and ``G = Q diag(g) Q^T`` this is
     ``(P^T M Q)_ab = (P^T C Q)_ab / (h_a + g_b)``. Where no expert acts on either side
     (``h_a + g_b`` below eps of the largest) every task vector is zero, and so is M.
+
+    The background term ``sum_i l_i ||M - tau_i||^2`` with ``l_i = background_per_input * w_i
+    tr(A_i^2)`` (``background_per_input`` = background / fan-in) adds ``L = sum_i l_i`` to every
+    ``h_a + g_b`` and ``sum_i l_i tau_i`` to ``C``.
     """
     x = deltas.double()
     out_dim, in_dim = x.shape[1], x.shape[2]
     gram_in = x.new_zeros(in_dim, in_dim)
     gram_out = x.new_zeros(out_dim, out_dim)
     rhs = torch.zeros_like(x[0])
+    background_rhs = torch.zeros_like(x[0])
+    background_total = 0.0
     # Every product is taken in an order that costs O(out * in * (out + in)) per expert: no
     # out^3 or in^3 term besides the two eigendecompositions.
     for weight, t in zip(weights.tolist(), x):
@@ -148,10 +158,14 @@ def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float, wei
             b2 = t3 @ t.T  # B_i^2
             gram_out += (weight * output_weight) * b2
         rhs += weight * (b2 @ t if out_dim <= in_dim else t @ a2)  # tau_i A_i^2
+        if background_per_input:
+            share = background_per_input * weight * float(torch.diagonal(a2).sum())  # l_i
+            background_total += share
+            background_rhs += share * t
     h, p = torch.linalg.eigh(gram_out)
     g, q = torch.linalg.eigh(gram_in)
-    denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :]
-    rotated = p.T @ ((1.0 + output_weight) * rhs) @ q
+    denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :] + background_total
+    rotated = p.T @ ((1.0 + output_weight) * rhs + background_rhs) @ q
     solved = torch.where(denom > eps * denom.max(), rotated / denom.clamp_min(_tiny(denom)), 0.0)
     return (p @ solved @ q.T).to(deltas.dtype)
 
@@ -200,7 +214,7 @@ def _factor(t: torch.Tensor, share: int, omega: torch.Tensor) -> tuple[torch.Ten
 
 
 def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weight: float,
-                       weights: torch.Tensor) -> torch.Tensor:
+                       weights: torch.Tensor, background: float = 0.0) -> torch.Tensor:
     """The bilateral minimiser restricted to the experts' joint subspaces, for [K, out, in].
 
     Every task vector is factored to rank ``ceil(rank / K)`` (in full when its smaller side is at
@@ -210,8 +224,10 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     ``V`` only), a problem of size ``rank x rank``. What each factor leaves out of its task
     vector (the weak tail of its spectrum) is averaged over the experts: in the exact solution
     those directions are weighted means of the experts' tails, and the mean keeps "identical
-    experts return the expert" exact. Cost O(out * in * rank) in float32 matrix products plus
-    O(rank^3) in float64 (O(K * out * in * smaller) and O((K * smaller)^3) for a narrow matrix).
+    experts return the expert" exact (with a background term, the mean weighted like the
+    background, as the exact solution weighs them where no expert's Gram matrix acts). Cost
+    O(out * in * rank) in float32 matrix products plus O(rank^3) in float64
+    (O(K * out * in * smaller) and O((K * smaller)^3) for a narrow matrix).
     """
     k, out_dim, in_dim = deltas.shape
     x = deltas.float() if deltas.dtype != torch.float64 else deltas
@@ -222,14 +238,26 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     width = min(share + OVERSAMPLE, out_dim, in_dim)
     omega = _sketch_matrix(in_dim, width, x)
     lefts, spectra, rights = [], [], []
+    # What the factors leave out, averaged over the experts; with a background term weighted by
+    # each expert's l_i (w_i tr(A_i^2) = w_i sum s_i^4: the factors keep each expert's spectrum).
     tail = torch.zeros_like(x[0])
-    for t in x:
+    tail_weights = []
+    # l_i up to a common factor (in units of the largest expert and the largest weight), so that
+    # the float32 accumulation neither underflows for tiny task vectors nor overflows.
+    unit = max(float(torch.linalg.vector_norm(t)) for t in x) if background else 1.0
+    top_weight = max(float(weights.max()), 0.0)
+    for weight, t in zip(weights.tolist(), x):
         left, s, right = _factor(t, share, omega)
         lefts.append(left)
         spectra.append(s)
         rights.append(right)
-        tail += t
-        tail -= (left * s.to(left)) @ right.T
+        if background and unit and top_weight:
+            tail_weight = weight / top_weight * float((s.double() / unit).pow(4).sum())
+        else:
+            tail_weight = 1.0
+        tail_weights.append(tail_weight)
+        tail.add_(t, alpha=tail_weight)  # in place, no out x in temporary besides the product
+        tail.sub_((left * s.to(left)) @ right.T, alpha=tail_weight)
     with _one_cpu_thread(x):
         u, _ = torch.linalg.qr(torch.cat(lefts, 1))
         v, _ = torch.linalg.qr(torch.cat(rights, 1))
@@ -237,8 +265,8 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
         ((u.T @ left).double() * s) @ (right.T @ v).double() for left, s, right in zip(lefts, spectra, rights)
     ])
     with _one_cpu_thread(x):
-        solved = _bilateral_exact(small, eps, output_weight, weights).to(x)
-    return ((u @ solved) @ v.T + tail / k).to(deltas.dtype)
+        solved = _bilateral_exact(small, eps, output_weight, weights, background / in_dim).to(x)
+    return ((u @ solved) @ v.T + tail / max(sum(tail_weights), _tiny(tail))).to(deltas.dtype)
 
 
 def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
@@ -247,8 +275,9 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
     # A matrix with both sides within twice the budget costs at most 2 (2 rank)^3 to solve
     # exactly: less than the low-rank path's per-expert factorizations at that size.
     if options.solver == "exact" or max(deltas.shape[1:]) <= 2 * options.rank:
-        return _bilateral_exact(deltas, options.eps, options.output_weight, weights)
-    return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights)
+        return _bilateral_exact(deltas, options.eps, options.output_weight, weights,
+                                options.background / deltas.shape[2])
+    return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights, options.background)
 
 
 def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
@@ -276,6 +305,7 @@ class Options:
     rank: int = 256
     output_weight: float = 0.25
     normalize: bool = True
+    background: float = 0.0
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -284,6 +314,8 @@ class Options:
             raise ValueError(f"{METHOD_NAME}: rank must be a whole number >= 1, got {self.rank!r}")
         if not math.isfinite(self.output_weight) or self.output_weight < 0:
             raise ValueError(f"{METHOD_NAME}: output_weight must be a finite number >= 0, got {self.output_weight!r}")
+        if not math.isfinite(self.background) or self.background < 0:
+            raise ValueError(f"{METHOD_NAME}: background must be a finite number >= 0, got {self.background!r}")
 
 
 def _merge_shared(deltas: torch.Tensor, axis: int | None, input_embedding: bool, options: Options) -> torch.Tensor:
@@ -334,9 +366,10 @@ def bilateral_delta(
 )
 def bilateral_consensus_merge(
     group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256,
-    output_weight: float = 0.25, normalize: bool = True,
+    output_weight: float = 0.25, normalize: bool = True, background: float = 0.0,
 ) -> torch.Tensor:
-    options = Options(eps=eps, solver=solver, rank=rank, output_weight=output_weight, normalize=normalize)
+    options = Options(eps=eps, solver=solver, rank=rank, output_weight=output_weight, normalize=normalize,
+                      background=background)
     return merge_group(group, METHOD_NAME, lambda deltas: bilateral_delta(
         deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, options=options,
     ))

@@ -1,0 +1,56 @@
+"""benchmarks/merge_quality.py keeps the doc blocks of the regimes a run did not measure."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def merge_quality():
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports its sibling doc_sections
+    try:
+        path = REPO / "benchmarks" / "merge_quality.py"
+        spec = importlib.util.spec_from_file_location("merge_quality_under_test", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("merge_quality_under_test", None)
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def _block(mq, regime: str, body: str) -> str:
+    begin, end = mq.regime_markers(regime)
+    return f"{begin}\n\n{body}\n\n{end}"
+
+
+def test_a_run_rewrites_only_the_blocks_of_the_regimes_it_ran(merge_quality, tmp_path: Path) -> None:
+    mq = merge_quality
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nintro text\n\n## Merge quality\n\nhand-written prose\n", encoding="utf-8")
+    mq.update_doc(doc, {"lora": _block(mq, "lora", "lora table v1"), "zoo": _block(mq, "zoo", "zoo table v1")})
+    # A later run on another machine measured only the wide regime: the other blocks stay.
+    mq.update_doc(doc, {"wide": _block(mq, "wide", "wide table v1")})
+    text = doc.read_text(encoding="utf-8")
+    assert "intro text" in text and "hand-written prose" in text
+    for body in ("zoo table v1", "lora table v1", "wide table v1"):
+        assert text.count(body) == 1, body
+    assert text.index("zoo table v1") < text.index("lora table v1") < text.index("wide table v1")  # regime order
+    mq.update_doc(doc, {"lora": _block(mq, "lora", "lora table v2")})
+    text = doc.read_text(encoding="utf-8")
+    assert "lora table v1" not in text and text.count("lora table v2") == 1
+    assert "zoo table v1" in text and "wide table v1" in text
+    assert text.count(mq.BEGIN) == 1 and text.count(mq.END) == 1
+
+
+def test_each_regime_has_its_own_plot(merge_quality) -> None:
+    plot = Path("docs/benchmark_merge_quality.png")
+    assert merge_quality.plot_path(plot, "zoo") == plot
+    assert merge_quality.plot_path(plot, "wide") == Path("docs/benchmark_merge_quality_wide.png")
