@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
 import statistics
@@ -797,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     by_name = {r.name: r for r in regimes.values()}
+    results: dict[str, dict[str, Any]] = {}
     for regime_name, regime_runs in runs.items():
         regime = by_name[regime_name]
         _, source, base_id = bases[regime.shape]
@@ -822,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             "timing_k": k_of(timing_setting), "runs": regime_runs,
         }
         write_json(results_path(out, regime.name), result)
+        results[regime.name] = result
         for name, summ in settings.items():
             log(f"{name}: " + "  ".join(
                 f"{m.label}={summ[m.label]['mean']:.1f}±{summ[m.label]['std']:.1f}" for m in methods))
@@ -829,8 +830,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  ours - {p['rival']}: {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} (paired, n={p['n_pairs']})")
     # The docs and the plots of the regimes this run measured; the other regimes' blocks stay.
     fresh = {}
-    for regime_name in runs:
-        result = json.loads(results_path(out, regime_name).read_text(encoding="utf-8"))
+    for regime_name, result in results.items():
         figure = plot_path(Path(args.plot), regime_name)
         plot([result], figure)
         fresh[regime_name] = regime_markdown(result, figure.name)
