@@ -11,7 +11,8 @@ from mergekit.merge_methods import merge_state_dicts, registry
 from safetensors.torch import load_file
 
 import mergepipe.merge.methods as custom_methods
-from mergepipe.merge.methods.bilateral import METHOD_NAME, Options, bilateral_delta
+from mergepipe.merge.methods import bilateral
+from mergepipe.merge.methods.bilateral import METHOD_NAME, Options, bilateral_delta, uses_exact_solver
 
 torch.set_num_threads(1)
 
@@ -261,6 +262,42 @@ def test_lowrank_is_close_to_exact_on_decaying_spectra_and_deterministic():
     assert errors[128] < errors[32], errors
     # One fixed sketch: the same inputs give bit-identical merges.
     assert torch.equal(bilateral_delta(deltas, rank=64), bilateral_delta(deltas, rank=64))
+
+
+def test_default_solver_hands_a_matrix_to_the_exact_one_where_that_is_faster(monkeypatch):
+    """768 x 256 at K = 4 (complete factors whose joint spaces nearly fill the matrix): the exact
+    solver, bit for bit; 600 x 700 at budget 64 (truncated factors): the low-rank one."""
+    shapes = []
+    lowrank = bilateral._bilateral_lowrank
+
+    def spy(deltas: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        shapes.append(tuple(deltas.shape))
+        return lowrank(deltas, *args, **kwargs)
+
+    monkeypatch.setattr(bilateral, "_bilateral_lowrank", spy)
+    narrow = _decaying(4, 768, 256, 1.0, seed=3)
+    assert torch.equal(bilateral_delta(narrow), bilateral_delta(narrow, solver="exact"))
+    assert shapes == []
+    wide = _decaying(2, 600, 700, 1.0, seed=4)
+    low = bilateral_delta(wide, rank=64)
+    assert shapes == [(2, 600, 700)]
+    assert _rel(low, bilateral_delta(wide, solver="exact")) > 1e-3  # truncated: an approximation
+
+
+def test_solver_choice_follows_the_cost_of_each_path():
+    rank = 256
+    # Every matrix of a Llama-3-8B layer: low-rank, the exact solver's width^3 dominates.
+    for shape in [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]:
+        assert not any(uses_exact_solver(k, *shape, rank) for k in (1, 2, 8)), shape
+    # Both sides within twice the budget: exact, whatever K.
+    assert all(uses_exact_solver(k, 512, 300, rank) for k in (1, 2, 8))
+    # Narrow matrices: more experts widen the joint spaces (towards exact), a longer side makes
+    # the exact eigendecomposition dearer (towards low-rank); once exact, more experts keep it so.
+    assert uses_exact_solver(8, 2048, 256, rank) and not uses_exact_solver(2, 2048, 256, rank)
+    assert not uses_exact_solver(8, 8192, 256, rank)
+    for shape in [(1024, 256), (256, 1024), (768, 128)]:
+        choices = [uses_exact_solver(k, *shape, rank) for k in range(1, 17)]
+        assert choices == sorted(choices) and choices[-1], (shape, choices)
 
 
 def test_options_are_checked():

@@ -30,7 +30,9 @@ alone is added in full, what several learned together is counted once.
   ``rank``), the objective is solved exactly inside the joint subspaces (a ``rank x rank``
   problem) and the part of each task vector outside its factor is averaged over the experts.
   Cost per matrix O(out * in * rank), like TIES linear in the matrix size. When every expert's
-  rank fits its share (LoRA experts, narrow matrices) the answer is the exact one.
+  rank fits its share (LoRA experts, narrow matrices) the answer is the exact one. Matrices
+  with both sides within ``2 * rank``, and narrow ones where the exact solver is expected to be
+  faster (an operation count with measured rates, ``bilateral_cost``), go to the exact solver.
   ``solver: exact`` keeps the full eigendecompositions (O(out^3 + in^3)).
 * ``background`` (off by default) adds ``sum_i l_i ||M - tau_i||^2``: an isotropic part of each
   expert's inputs, on which every other expert's delta acts too. It keeps the closed form.
@@ -54,6 +56,7 @@ from mergekit.merge_methods.base import BasePolicy, InputContract, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
 from mergepipe.core.tensor_names import is_input_embedding, is_vocabulary_tensor
+from mergepipe.merge.methods.bilateral_cost import prefers_exact
 from mergepipe.merge.methods.deltas import merge_group
 
 METHOD_NAME = "bilateral_consensus"
@@ -213,6 +216,29 @@ def _factor(t: torch.Tensor, share: int, omega: torch.Tensor) -> tuple[torch.Ten
     return q_left @ a[:, :keep].to(t), s[:keep], q_right @ bt[:keep].T.to(t)
 
 
+def factor_size(k: int, out_dim: int, in_dim: int, rank: int) -> tuple[int, int]:
+    """(share, width): the rank each expert's factor keeps and the sketch's column count.
+
+    A matrix whose smaller side fits the budget is factored in full (exact factors): the joint
+    spaces then have at most K * smaller columns, whatever the larger side."""
+    smaller = min(out_dim, in_dim)
+    share = smaller if smaller <= rank else max(1, math.ceil(rank / k))
+    return share, min(share + OVERSAMPLE, out_dim, in_dim)
+
+
+def uses_exact_solver(k: int, out_dim: int, in_dim: int, rank: int) -> bool:
+    """Whether ``solver: lowrank`` solves a [k, out_dim, in_dim] stack with the exact solver.
+
+    Always when both sides are within twice the budget (two eigendecompositions of at most
+    ``2 rank``: cheap, and the exact answer where truncated factors would approximate it); else
+    where the exact solver is expected to be faster (``bilateral_cost``: narrow matrices whose
+    factors are complete, so both give the same answer, and the joint spaces of several experts
+    nearly as large as the matrix)."""
+    if max(out_dim, in_dim) <= 2 * rank:
+        return True
+    return prefers_exact(k, out_dim, in_dim, factor_size(k, out_dim, in_dim, rank)[1])
+
+
 def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weight: float,
                        weights: torch.Tensor, background: float = 0.0) -> torch.Tensor:
     """The bilateral minimiser restricted to the experts' joint subspaces, for [K, out, in].
@@ -231,11 +257,7 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     """
     k, out_dim, in_dim = deltas.shape
     x = deltas.float() if deltas.dtype != torch.float64 else deltas
-    smaller = min(out_dim, in_dim)
-    # A matrix whose smaller side fits the budget is factored in full (exact factors): the joint
-    # spaces then have at most K * smaller columns, whatever the larger side.
-    share = smaller if smaller <= rank else max(1, math.ceil(rank / k))
-    width = min(share + OVERSAMPLE, out_dim, in_dim)
+    share, width = factor_size(k, out_dim, in_dim, rank)
     omega = _sketch_matrix(in_dim, width, x)
     lefts, spectra, rights = [], [], []
     # What the factors leave out, averaged over the experts; with a background term weighted by
@@ -272,9 +294,10 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
 def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
     # The weights come from the full task vectors, so both solvers weigh the experts alike.
     weights = expert_weights(deltas, options.normalize)
-    # A matrix with both sides within twice the budget costs at most 2 (2 rank)^3 to solve
-    # exactly: less than the low-rank path's per-expert factorizations at that size.
-    if options.solver == "exact" or max(deltas.shape[1:]) <= 2 * options.rank:
+    # The low-rank solver hands small matrices, and narrow ones where that is faster, to the
+    # exact one (uses_exact_solver).
+    k, out_dim, in_dim = deltas.shape
+    if options.solver == "exact" or uses_exact_solver(k, out_dim, in_dim, options.rank):
         return _bilateral_exact(deltas, options.eps, options.output_weight, weights,
                                 options.background / deltas.shape[2])
     return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights, options.background)
