@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import statistics
@@ -272,7 +273,12 @@ def wide_base(args: argparse.Namespace, shape: ModelShape) -> tuple[dict[str, to
     s = replace(RECIPE.base, lr=RECIPE.base.lr * RECIPE.shape.hidden / shape.hidden)
     path = Path(args.cache) / "bases" / f"{shape_key(shape)}_{s.steps}_{s.lr:g}_{s.batch}_z{ZOO_SEED}.pt"
     source = f"wide base {shape_key(shape)} ({s.steps} steps of the zoo's base schedule at lr {s.lr:g})"
+    # The final training loss travels with the cached weights: the base's quality decides how
+    # informative the regime is, and a base trained on another CPU is not bit-identical.
+    loss_file = path.with_suffix(".json")
     if path.exists():
+        if loss_file.exists():
+            source = f"{source[:-1]}, final loss {json.loads(loss_file.read_text())['final_loss']:.3f})"
         return torch.load(path, map_location="cpu"), source
     log(f"training the {source}; cached at {path}")
     start = time.perf_counter()
@@ -289,8 +295,10 @@ def wide_base(args: argparse.Namespace, shape: ModelShape) -> tuple[dict[str, to
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     tmp.replace(path)
-    log(f"  trained the wide base in {time.perf_counter() - start:.0f}s (final loss {loss:.3f})")
-    return state, source
+    seconds = time.perf_counter() - start
+    write_json(loss_file, {"final_loss": round(loss, 4), "train_seconds": round(seconds)})
+    log(f"  trained the wide base in {seconds:.0f}s (final loss {loss:.3f})")
+    return state, f"{source[:-1]}, final loss {loss:.3f})"
 
 
 def zoo_manifest():
