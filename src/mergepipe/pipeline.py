@@ -87,6 +87,18 @@ def validate(config: PipelineConfig, offline_ok: bool = False) -> Validated:
     return Validated(config, plans, per_merge, hub, checks, list(dict.fromkeys(missing)))
 
 
+def check_before_building(config: PipelineConfig, offline_ok: bool = False) -> None:
+    """The checks that need nothing a plugin builds (publishing settings, the queries file), run
+    before the plugins' preparations: a missing token must not wait for a zoo build of minutes.
+    ``offline_ok`` (dry runs): a missing queries file is left for the plan's missing list."""
+    from mergepipe.evaluate.queries import read_queries
+    from mergepipe.publish.settings import check_publishing
+
+    check_publishing(config)
+    if config.predict.queries is not None and not offline_ok:
+        read_queries(config.predict.queries)
+
+
 def describe_plan(v: Validated) -> list[str]:
     """What a run would do: merges, evaluation jobs per slot, expected disk use."""
     from mergepipe.evaluate.scheduler import make_slots
@@ -183,6 +195,7 @@ def run_pipeline(
     """Run every stage of ``config``; raises MergepipeError only for invalid input."""
     started = dt.datetime.now(dt.timezone.utc)
     report = RunReport()
+    check_before_building(config)
     prepare_plugins(config, report, say)
     usage = StageUsage("validate")
     with ResourceMonitor(usage):

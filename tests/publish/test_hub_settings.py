@@ -178,7 +178,10 @@ def test_dry_run_without_token_or_models(tmp_path, capsys, no_token):
 
 
 @pytest.mark.parametrize("flags", [[], ["--dry-run"]])
-def test_run_with_push_but_no_token_fails_before_merging(tiny_models, tmp_path, capsys, no_token, flags):
+def test_run_with_push_but_no_token_fails_before_merging(tiny_models, tmp_path, capsys, monkeypatch, no_token,
+                                                         flags):
+    # The default evaluation uses the demo zoo's tasks: the token check must come before its build.
+    monkeypatch.setenv("MERGEPIPE_ZOO_DIR", str(tmp_path / "zoo"))
     cfg = tmp_path / "pipeline.yaml"
     cfg.write_text(yaml.safe_dump({
         "run": "demo", "base_model": str(tiny_models.base),
@@ -189,6 +192,7 @@ def test_run_with_push_but_no_token_fails_before_merging(tiny_models, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no Hub token was found" in err[0]
     assert not (tmp_path / "merged_models" / "demo").exists()
+    assert not (tmp_path / "zoo").exists()
 
 
 # -- model card ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A real search on the zoo, end to end on CPU: 12 candidates over dare_ties / ties, killed midway and
+"""A real search on the zoo, end to end on CPU: 8 candidates over dare_ties / ties, killed midway and
 resumed without repeating finished candidates; the best candidate's held-out score is printed next
 to the defaults'."""
 
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-TRIALS = 12
+TRIALS = 8
 SPACE = {"density": {"low": 0.2, "high": 1.0}, "weight": {"low": 0.5, "high": 1.5}}
 
 

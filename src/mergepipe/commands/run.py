@@ -40,13 +40,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mergepipe.core.locks import holding_run
-    from mergepipe.pipeline import RunReport, budget_table, describe_plan, prepare_plugins, run_pipeline, validate
+    from mergepipe.pipeline import (
+        RunReport,
+        budget_table,
+        check_before_building,
+        describe_plan,
+        prepare_plugins,
+        run_pipeline,
+        validate,
+    )
     from mergepipe.results.report import REPORT_HTML
 
     config = config_from_args(args, {"evaluate.jobs": args.jobs, "merge.executor": args.executor,
                                      "evaluate.executor": args.executor, "cluster.address": args.ray_address,
                                      "evaluate.datasets_dir": args.datasets_dir})
     if args.dry_run:
+        check_before_building(config, offline_ok=True)
         prepare_plugins(config, RunReport(), print)
         for line in describe_plan(validate(config, offline_ok=True)):
             print(line)
