@@ -272,15 +272,18 @@ def wide_base(args: argparse.Namespace, shape: ModelShape) -> tuple[dict[str, to
     256-wide base stalled at loss 1.02 (the zoo base reaches 0.38) and its experts at 10-30 %."""
     s = replace(RECIPE.base, lr=RECIPE.base.lr * RECIPE.shape.hidden / shape.hidden)
     path = Path(args.cache) / "bases" / f"{shape_key(shape)}_{s.steps}_{s.lr:g}_{s.batch}_z{ZOO_SEED}.pt"
-    source = f"wide base {shape_key(shape)} ({s.steps} steps of the zoo's base schedule at lr {s.lr:g})"
+
+    def described(loss: float | None = None) -> str:
+        final = "" if loss is None else f", final loss {loss:.3f}"
+        return f"wide base {shape_key(shape)} ({s.steps} steps of the zoo's base schedule at lr {s.lr:g}{final})"
+
     # The final training loss travels with the cached weights: the base's quality decides how
     # informative the regime is, and a base trained on another CPU is not bit-identical.
     loss_file = path.with_suffix(".json")
     if path.exists():
-        if loss_file.exists():
-            source = f"{source[:-1]}, final loss {json.loads(loss_file.read_text())['final_loss']:.3f})"
-        return torch.load(path, map_location="cpu"), source
-    log(f"training the {source}; cached at {path}")
+        loss = json.loads(loss_file.read_text())["final_loss"] if loss_file.exists() else None
+        return torch.load(path, map_location="cpu"), described(loss)
+    log(f"training the {described()}; cached at {path}")
     start = time.perf_counter()
     done = [0]
 
@@ -298,7 +301,7 @@ def wide_base(args: argparse.Namespace, shape: ModelShape) -> tuple[dict[str, to
     seconds = time.perf_counter() - start
     write_json(loss_file, {"final_loss": round(loss, 4), "train_seconds": round(seconds)})
     log(f"  trained the wide base in {seconds:.0f}s (final loss {loss:.3f})")
-    return state, f"{source[:-1]}, final loss {loss:.3f})"
+    return state, described(loss)
 
 
 def zoo_manifest():
