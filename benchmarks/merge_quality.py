@@ -37,6 +37,11 @@ skills), so re-runs only redo merges.
     environments/main/bin/python benchmarks/merge_quality.py            # full run
     environments/main/bin/python benchmarks/merge_quality.py --seeds 0 --experts 2,4
     environments/main/bin/python benchmarks/merge_quality.py --settings lora --seeds 0
+
+Only a run of the published plan (seeds 0-2, K = 2, 4, 8, every method, the fixed recipes)
+rewrites docs/benchmarks.md and the plots; any other run, such as a check on held-out seeds
+(``--settings disjoint --experts 2 --seeds 5,6,7,8``), writes its tables, results and plots to
+benchmarks/results/checks/ unless ``--doc`` / ``--out`` / ``--plot`` say otherwise.
 """
 
 from __future__ import annotations
@@ -695,7 +700,35 @@ def results_path(out: Path, regime: str) -> Path:
     return out if regime == "zoo" else out.with_name(f"{out.stem}_{regime}{out.suffix}")
 
 
-def main(argv: list[str] | None = None) -> int:
+RESULTS = REPO / "benchmarks" / "results"
+PUBLISHED = {"out": RESULTS / "merge_quality.json", "doc": REPO / "docs" / "benchmarks.md",
+             "plot": REPO / "docs" / "benchmark_merge_quality.png"}
+CHECKS = {"out": RESULTS / "checks" / "merge_quality.json", "doc": RESULTS / "checks" / "merge_quality.md",
+          "plot": RESULTS / "checks" / "merge_quality.png"}
+# Options that do not change what a run measures (where it writes, how it times, what it caches).
+NEUTRAL_OPTIONS = {"settings", "timing_repeats", "train_only", "threads", "cache", "out", "doc", "plot"}
+
+
+def departures(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The options in which this run differs from the published plan (seeds 0-2, K = 2, 4, 8,
+    every method, the fixed recipes), as ``--name value``; empty for a published run."""
+    return [f"--{name.replace('_', '-')} {value}" for name, value in sorted(vars(args).items())
+            if name not in NEUTRAL_OPTIONS and value != parser.get_default(name)]
+
+
+def resolve_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """Fill in --out / --doc / --plot. A run of the published plan rewrites the docs' tables and
+    plots; any other run (held-out seeds, fewer methods, another recipe) must not replace them,
+    so its tables go to benchmarks/results/checks/ unless a path is given. Returns the departures."""
+    changed = departures(args, parser)
+    defaults = CHECKS if changed else PUBLISHED
+    for name, path in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, str(path))
+    return changed
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated settings to run, of {', '.join(SETTINGS)}")
@@ -731,11 +764,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-only", action="store_true", help="only train (cache) the experts, then exit")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--cache", default=str(cache_dir() / "merge_quality"), help="expert cache folder")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "merge_quality.json"),
-                        help="results of the zoo recipe; informative regimes go to <stem>_<regime>.json beside it")
-    parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown table")
-    parser.add_argument("--plot", default=str(REPO / "docs" / "benchmark_merge_quality.png"))
+    parser.add_argument("--out", default=None,
+                        help="results of the zoo recipe; informative regimes go to <stem>_<regime>.json beside it "
+                             "(default: benchmarks/results/merge_quality.json, or benchmarks/results/checks/ for a "
+                             "run that departs from the published plan)")
+    parser.add_argument("--doc", default=None,
+                        help="markdown page of the tables (default: docs/benchmarks.md for a run of the published "
+                             "plan, else benchmarks/results/checks/merge_quality.md)")
+    parser.add_argument("--plot", default=None, help="plot of the zoo recipe; regimes get <stem>_<regime> beside it "
+                        "(default: docs/benchmark_merge_quality.png, or under benchmarks/results/checks/)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    changed = resolve_outputs(args, parser)
+    if changed and not args.train_only:
+        log(f"a check run ({', '.join(changed)}): docs/benchmarks.md and its plots stay as they are; "
+            f"tables go to {args.doc}")
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.experts.split(",") if k]
     seeds = [int(s) for s in args.seeds.split(",") if s]

@@ -54,3 +54,34 @@ def test_each_regime_has_its_own_plot(merge_quality) -> None:
     plot = Path("docs/benchmark_merge_quality.png")
     assert merge_quality.plot_path(plot, "zoo") == plot
     assert merge_quality.plot_path(plot, "wide") == Path("docs/benchmark_merge_quality_wide.png")
+
+
+@pytest.mark.parametrize("argv, published", [
+    ([], True),
+    (["--settings", "lora", "--threads", "2", "--timing-repeats", "1"], True),
+    (["--seeds", "5,6,7,8", "--experts", "2"], False),
+    (["--methods", "task_arithmetic,bilateral_consensus"], False),
+    (["--lora-rank", "8"], False),
+    (["--no-overlap"], False),
+])
+def test_only_a_run_of_the_published_plan_rewrites_the_docs(merge_quality, argv, published) -> None:
+    mq = merge_quality
+    parser = mq.build_parser()
+    args = parser.parse_args(argv)
+    changed = mq.resolve_outputs(args, parser)
+    docs = REPO / "docs"
+    assert (Path(args.doc) == docs / "benchmarks.md") is published
+    assert (Path(args.plot).parent == docs) is published
+    assert (Path(args.out).parent.name == "checks") is not published
+    assert bool(changed) is not published
+    if not published:
+        assert all(arg.split()[0] in argv for arg in changed), changed
+
+
+def test_an_explicit_doc_path_is_kept_for_a_check_run(merge_quality, tmp_path: Path) -> None:
+    mq = merge_quality
+    parser = mq.build_parser()
+    args = parser.parse_args(["--seeds", "3", "--doc", str(tmp_path / "mine.md")])
+    assert mq.resolve_outputs(args, parser) == ["--seeds 3"]
+    assert args.doc == str(tmp_path / "mine.md")
+    assert Path(args.plot).parent.name == "checks"
