@@ -781,8 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     changed = resolve_outputs(args, parser)
     if changed and not args.train_only:
-        log(f"a check run ({', '.join(changed)}): docs/benchmarks.md and its plots stay as they are; "
-            f"tables go to {args.doc}")
+        log(f"a check run ({', '.join(changed)}): tables go to {args.doc}, plots beside {args.plot}")
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.experts.split(",") if k]
     seeds = [int(s) for s in args.seeds.split(",") if s]
