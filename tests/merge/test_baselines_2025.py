@@ -256,6 +256,34 @@ def test_tsv_an_unchanged_matrix_does_not_disturb_the_other_expert():
     torch.testing.assert_close(merged, (u[:, :6] * s[:6]) @ vh[:6])
 
 
+def _pseudo_power(gram: torch.Tensor, power: float) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(gram)
+    kept = values > 1e-9 * values.max()
+    scaled = torch.where(kept, values.clamp_min(1e-300).pow(power), torch.zeros_like(values))
+    return (vectors * scaled) @ vectors.T
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_tsv_is_the_sum_whitened_by_the_experts_summed_projectors(k):
+    """With no truncation (every expert's rank within r / K), TSV-M equals
+    ``(sum_i P_i)^(-1/2) (sum_i tau_i) (sum_i Q_i)^(-1/2)``, with P_i and Q_i the projectors on
+    expert i's column and row spaces: the polar factor of [U_1 .. U_K] is (U U^T)^(-1/2) U.
+    An independent check of the orthogonalisation (docs/methods/tsv.md, "A closed form")."""
+    gen = torch.Generator().manual_seed(40 + k)
+    out_dim, in_dim, rank = 24, 30, 24 // k
+    deltas = torch.stack([
+        torch.randn(out_dim, rank, generator=gen, dtype=torch.float64)
+        @ torch.randn(rank, in_dim, generator=gen, dtype=torch.float64)
+        for _ in range(k)
+    ])
+    left = sum(t @ torch.linalg.pinv(t) for t in deltas)  # column-space projectors
+    right = sum(torch.linalg.pinv(t) @ t for t in deltas)  # row-space projectors
+    expected = _pseudo_power(left, -0.5) @ deltas.sum(0) @ _pseudo_power(right, -0.5)
+    torch.testing.assert_close(tsv_delta(deltas), expected)
+    # Not the plain sum: the experts' spaces are not orthogonal, and the whitening moves them apart.
+    assert not torch.allclose(expected, deltas.sum(0), atol=1e-3)
+
+
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_iso_spectra_are_flat(k):
     deltas = _random(k, (12, 20), seed=20 + k)

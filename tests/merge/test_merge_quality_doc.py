@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.benchmark_scripts import benchmark_module
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def merge_quality():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports its sibling doc_sections
-    try:
-        path = REPO / "benchmarks" / "merge_quality.py"
-        spec = importlib.util.spec_from_file_location("merge_quality_under_test", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
+    with benchmark_module("merge_quality") as module:
         yield module
-    finally:
-        sys.modules.pop("merge_quality_under_test", None)
-        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def _block(mq, regime: str, body: str) -> str:

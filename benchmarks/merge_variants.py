@@ -1,0 +1,248 @@
+"""Variants of bilateral_consensus tried against TSV-M, on merge_quality's experts.
+
+The variant tables in docs/benchmarks.md ("Tried on the 2026-12-03 base") come from this script.
+It merges the experts of benchmarks/merge_quality.py (the same cache, trained on first use) by
+applying each variant's kernel to every weight tensor directly, without mergekit, and evaluates
+the merged model exactly as merge_quality does (normalised exact match, per seed). Kernels:
+
+* ``task_arithmetic``, ``ours`` (``bilateral_delta`` at its defaults) and ``tsv`` (``tsv_delta``;
+  vectors and vocabulary tensors get the mean, as the catalogue's ``tsv``);
+* ``ours_o1``: output weight 1 (normalised); ``ours_energy``: ours rescaled per matrix to the
+  experts' energy ``sqrt(sum_i ||tau_i||^2)``; ``ours_x0.8`` / ``ours_x0.6``: fixed scales;
+  ``q_proj_sum``: task arithmetic on the attention query projections, ours elsewhere;
+  ``mean_ours_tsv``: the mean of the two merged deltas;
+* ``geometric_p<p>``: ``M = G_out^(-1/2) C G_in^(-1/2)`` with ``G_in = sum_i w_i A_i^p``,
+  ``G_out = sum_i w_i B_i^p``, ``C = sum_i w_i tau_i A_i^p`` (``A_i = tau_i^T tau_i``,
+  ``B_i = tau_i tau_i^T``, ``w_i = ||tau_i||^(-2p)``): the multiplicative counterpart of ours'
+  Sylvester equation. With ``p = 0`` (projectors) it is TSV-M without truncation
+  (docs/methods/tsv.md, "A closed form"); ``p = 2`` uses ours' Gram matrices. Non-matrix
+  tensors are merged by ours. ``geometric_p<p>_in<e>``: exponents ``e`` on the input side and
+  ``1 - e`` on the output side;
+* ``tsv_on_<projection>`` / ``tsv_on_layer<i>``: TSV on those tensors only, ours elsewhere.
+
+Every row is a check, never a published block: results go to benchmarks/results/checks/.
+
+    environments/main/bin/python benchmarks/merge_variants.py --family lora --variants ours,tsv,geometric_p1
+    environments/main/bin/python benchmarks/merge_variants.py --family zoo --experts 2 --seeds 5,6,7,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import merge_quality as mq
+
+from mergepipe.core.tensor_names import is_vocabulary_tensor
+from mergepipe.merge.methods.bilateral import bilateral_delta
+from mergepipe.merge.methods.tsv import tsv_delta
+from mergepipe.zoo.skills import SKILLS
+
+Kernel = Callable[[torch.Tensor, str], torch.Tensor]
+FAMILIES = ("lora", "wide", "zoo")
+OUT = mq.RESULTS / "checks" / "merge_variants.json"
+
+
+def is_matrix(deltas: torch.Tensor, name: str) -> bool:
+    """A plain weight matrix (not a vector, not one row per token)."""
+    return deltas.dim() == 3 and not is_vocabulary_tensor(name)
+
+
+def _pseudo_power(gram: torch.Tensor, power: float, eps: float = 1e-12) -> torch.Tensor:
+    """``gram^power`` on its range (eigenvalues above eps of the largest), 0 elsewhere."""
+    values, vectors = torch.linalg.eigh(gram)
+    values = values.clamp_min(0)
+    kept = values > eps * values.max()
+    scaled = torch.where(kept, values.clamp_min(torch.finfo(values.dtype).tiny).pow(power), 0.0)
+    return (vectors * scaled) @ vectors.T
+
+
+def _gram_power(gram: torch.Tensor, power: float) -> torch.Tensor:
+    """``gram^power``: repeated products for a whole power, else on the range (0: its projector)."""
+    if power >= 1 and float(power).is_integer():
+        return torch.linalg.matrix_power(gram, int(power))
+    return _pseudo_power(gram, power, 1e-10)
+
+
+def geometric_delta(deltas: torch.Tensor, power: float, input_exponent: float = 0.5) -> torch.Tensor:
+    """``G_out^(-1/2) C G_in^(-1/2)`` for stacked task matrices [K, out, in] (module docstring);
+    ``input_exponent`` e gives ``G_out^(e-1) C G_in^(-e)`` instead (the two sides' exponents
+    must add up to 1, else one expert would not be returned unchanged)."""
+    x = deltas.double()
+    out_dim, in_dim = x.shape[1:]
+    g_in = x.new_zeros(in_dim, in_dim)
+    g_out = x.new_zeros(out_dim, out_dim)
+    rhs = torch.zeros_like(x[0])
+    for t in x:
+        energy = t.square().sum()
+        if energy == 0:
+            continue
+        weight = energy.pow(-power)
+        a, b = _gram_power(t.T @ t, power), _gram_power(t @ t.T, power)
+        g_in += weight * a
+        g_out += weight * b
+        rhs += weight * (t @ a)
+    return (_pseudo_power(g_out, input_exponent - 1.0) @ rhs @ _pseudo_power(g_in, -input_exponent)).to(deltas.dtype)
+
+
+def _ours(deltas: torch.Tensor, name: str, **options: Any) -> torch.Tensor:
+    return bilateral_delta(deltas, name=name, **options)
+
+
+def _tsv(deltas: torch.Tensor, name: str) -> torch.Tensor:
+    return tsv_delta(deltas) if is_matrix(deltas, name) else deltas.mean(0)
+
+
+def _energy(deltas: torch.Tensor, name: str) -> torch.Tensor:
+    merged = _ours(deltas, name)
+    if not is_matrix(deltas, name):
+        return merged
+    target = deltas.square().sum().sqrt()
+    return merged * (target / merged.norm().clamp_min(torch.finfo(merged.dtype).tiny))
+
+
+def _scaled(factor: float) -> Kernel:
+    return lambda d, n: _ours(d, n) * factor if is_matrix(d, n) else _ours(d, n)
+
+
+def _geometric(power: float, input_exponent: float = 0.5) -> Kernel:
+    return lambda d, n: geometric_delta(d, power, input_exponent) if is_matrix(d, n) else _ours(d, n)
+
+
+def _tsv_on(part: str) -> Kernel:
+    """TSV on the tensors whose name contains ``part``, ours elsewhere (where does TSV gain?)."""
+    return lambda d, n: _tsv(d, n) if part in n else _ours(d, n)
+
+
+VARIANTS: dict[str, Kernel] = {
+    "task_arithmetic": lambda d, n: d.sum(0),
+    "tsv": _tsv,
+    "ours": _ours,
+    "ours_o1": lambda d, n: _ours(d, n, output_weight=1.0),
+    "ours_energy": _energy,
+    "ours_x0.8": _scaled(0.8),
+    "ours_x0.6": _scaled(0.6),
+    "q_proj_sum": lambda d, n: d.sum(0) if "q_proj" in n else _ours(d, n),
+    "mean_ours_tsv": lambda d, n: 0.5 * (_ours(d, n) + _tsv(d, n)),
+    **{f"geometric_p{p:g}": _geometric(p) for p in (0.0, 0.5, 1.0, 2.0)},
+    **{f"geometric_p{p:g}_in{e:g}": _geometric(p, e) for p, e in ((1.0, 0.75), (1.0, 0.25), (0.5, 0.25),
+                                                                   (0.5, 0.4), (0.5, 0.6))},
+    **{f"tsv_on_{proj}": _tsv_on(f".{proj}.") for proj in mq.LORA_TARGETS},
+    **{f"tsv_on_layer{i}": _tsv_on(f"layers.{i}.") for i in range(4)},
+}
+
+
+def family_setup(args: argparse.Namespace) -> tuple[mq.Regime, dict[str, torch.Tensor], mq.Evaluator]:
+    """The experts' recipe, the base and its evaluator, as merge_quality sets them up."""
+    if args.family == "wide":
+        base, _ = mq.wide_base(args, mq.WIDE_SHAPE)
+        return replace(mq.LORA, name="wide", prefix="wide ", shape=mq.WIDE_SHAPE), base, mq.Evaluator(
+            base, mq.WIDE_SHAPE)
+    base, _ = mq.load_base(args)
+    regime = mq.LORA if args.family == "lora" else mq.Regime(
+        "zoo", "", "full", mq.RECIPE.expert, mq.RECIPE.replay, rival_margin=5.0, informative=False)
+    return regime, base, mq.Evaluator(base)
+
+
+def merged_state(kernel: Kernel, base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]
+                 ) -> dict[str, torch.Tensor]:
+    merged = {}
+    for name, weight in base.items():
+        deltas = torch.stack([e[name].float() - weight.float() for e in experts])
+        merged[name] = weight if not bool(deltas.any()) else (weight.float() + kernel(deltas, name)).to(weight.dtype)
+    return merged
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    regime, base, evaluator = family_setup(args)
+    base_id = mq.digest(base)
+    rows: dict[str, dict[str, list[float]]] = {v: {} for v in args.variants}
+    for k in args.experts:
+        skills = tuple(s.name for s in SKILLS[:k])
+        for seed in args.seeds:
+            experts = [mq.get_expert(args, regime, base, base_id, (s,), seed) for s in skills]
+            expert_acc = {s: evaluator.accuracy(e, (s,))[s] for s, e in zip(skills, experts)}
+            for variant in args.variants:
+                with torch.no_grad():
+                    acc = evaluator.accuracy(merged_state(VARIANTS[variant], base, experts), skills)
+                score = 100 * statistics.fmean(acc[s] / expert_acc[s] for s in skills if expert_acc[s] > 0)
+                rows[variant].setdefault(f"K={k}", []).append(score)
+                mq.log(f"{args.family} K={k} seed={seed} {variant}={score:.1f}")
+    return {"family": args.family, "base": base_id, "seeds": args.seeds, "experts": args.experts,
+            "per_seed": rows, "date": time.strftime("%Y-%m-%d")}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    columns = [f"K={k}" for k in result["experts"]]
+    seeds = " / ".join(str(s) for s in result["seeds"])
+    lines = [f"`{result['family']}` experts on base `{result['base']}`, seeds {seeds} "
+             f"({result['date']}); normalised accuracy %, mean (per seed)", "",
+             "| variant | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for variant, cells in result["per_seed"].items():
+        shown = [f"{statistics.fmean(cells[c]):.1f} ({' / '.join(f'{x:.1f}' for x in cells[c])})" for c in columns]
+        lines.append(f"| {variant} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _numbers(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: expected comma-separated whole numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{what}: empty")
+    return values
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    names = tuple(v for v in text.split(",") if v)
+    if unknown := [v for v in names if v not in VARIANTS]:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--family", choices=FAMILIES, default="lora",
+                   help="whose experts: lora, wide or zoo (the zoo recipe)")
+    p.add_argument("--variants", type=_variants, default=("task_arithmetic", "tsv", "ours"),
+                   help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--experts", type=lambda t: _numbers(t, "--experts"), default=(4, 8), help="K values")
+    p.add_argument("--seeds", type=lambda t: _numbers(t, "--seeds"), default=(0, 1, 2), help="expert seeds")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", default=str(mq.cache_dir() / "merge_quality"), help="merge_quality's expert cache")
+    p.add_argument("--out", type=Path, default=OUT, help="results JSON (a .md table is written beside it)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.base = None  # load_base: the zoo base
+    if bad := [k for k in args.experts if not 1 <= k <= len(SKILLS)]:
+        raise SystemExit(f"--experts: K must be between 1 and {len(SKILLS)}, got {bad}")
+    torch.set_num_threads(args.threads)
+    result = run(args)
+    table = markdown(result)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((args.out, json.dumps(result, indent=1)), (args.out.with_suffix(".md"), table)):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    mq.log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
