@@ -35,7 +35,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -143,16 +142,15 @@ VARIANTS: dict[str, Kernel] = {
 }
 
 
+# merge_quality's own recipe builders at their default options: the experts of its published plan.
+REGIMES = {"lora": mq.lora_regime, "wide": mq.wide_regime, "zoo": mq.zoo_regime}
+
+
 def family_setup(args: argparse.Namespace) -> tuple[mq.Regime, dict[str, torch.Tensor], mq.Evaluator]:
     """The experts' recipe, the base and its evaluator, as merge_quality sets them up."""
-    if args.family == "wide":
-        base, _ = mq.wide_base(args, mq.WIDE_SHAPE)
-        return replace(mq.LORA, name="wide", prefix="wide ", shape=mq.WIDE_SHAPE), base, mq.Evaluator(
-            base, mq.WIDE_SHAPE)
-    base, _ = mq.load_base(args)
-    regime = mq.LORA if args.family == "lora" else mq.Regime(
-        "zoo", "", "full", mq.RECIPE.expert, mq.RECIPE.replay, rival_margin=5.0, informative=False)
-    return regime, base, mq.Evaluator(base)
+    regime = REGIMES[args.family](mq.build_parser().parse_args([]))
+    base, _ = mq.load_base(args, regime.shape)  # the zoo base, or the wide base trained by merge_quality
+    return regime, base, mq.Evaluator(base, regime.shape)
 
 
 def merged_state(kernel: Kernel, base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]
@@ -168,15 +166,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     regime, base, evaluator = family_setup(args)
     base_id = mq.digest(base)
     rows: dict[str, dict[str, list[float]]] = {v: {} for v in args.variants}
+    expert_acc: dict[tuple[str, int], float] = {}  # one evaluation per expert, whatever the K values
     for k in args.experts:
         skills = tuple(s.name for s in SKILLS[:k])
         for seed in args.seeds:
             experts = [mq.get_expert(args, regime, base, base_id, (s,), seed) for s in skills]
-            expert_acc = {s: evaluator.accuracy(e, (s,))[s] for s, e in zip(skills, experts)}
+            for s, e in zip(skills, experts):
+                if (s, seed) not in expert_acc:
+                    expert_acc[s, seed] = evaluator.accuracy(e, (s,))[s]
             for variant in args.variants:
                 with torch.no_grad():
                     acc = evaluator.accuracy(merged_state(VARIANTS[variant], base, experts), skills)
-                score = 100 * statistics.fmean(acc[s] / expert_acc[s] for s in skills if expert_acc[s] > 0)
+                score = 100 * statistics.fmean(
+                    acc[s] / expert_acc[s, seed] for s in skills if expert_acc[s, seed] > 0)
                 rows[variant].setdefault(f"K={k}", []).append(score)
                 mq.log(f"{args.family} K={k} seed={seed} {variant}={score:.1f}")
     return {"family": args.family, "base": base_id, "seeds": args.seeds, "experts": args.experts,
