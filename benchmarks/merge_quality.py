@@ -12,6 +12,8 @@ of real LLM fine-tunes do, so that merging works in principle and methods can be
 * ``lora``: every skill's expert is a PEFT LoRA adapter on the zoo base (all attention and MLP
   projections), materialised into a full state dict (base + B·A·alpha/r) and merged as a full
   task vector;
+* ``lora8``: the same LoRA recipe at rank 8 (alpha 16), the low end of the LoRA track's ranks:
+  eight adapters fill half of every 128-wide matrix instead of all of it;
 * ``gentle``: full fine-tunes with a gentler recipe (see ``GENTLE`` and docs/benchmarks.md for
   the pilot that chose it);
 * ``wide``: the ``lora`` experts on a wider base (``WIDE_SHAPE``), trained by this script with
@@ -209,8 +211,9 @@ GENTLE = Regime("gentle", "gentle ", "full", replace(RECIPE.expert, steps=250, l
                 RECIPE.replay)
 # Twice the zoo's width (head size 64, MLP 3x hidden as in the zoo), same depth and vocabulary.
 WIDE_SHAPE = ModelShape(hidden=256, layers=4, heads=4, intermediate=768)
-SETTINGS = ("disjoint", "overlap", "lora", "gentle", "wide")
-REGIME_ORDER = ("zoo", "lora", "gentle", "wide")
+SETTINGS = ("disjoint", "overlap", "lora", "lora8", "gentle", "wide")
+REGIME_ORDER = ("zoo", "lora", "lora8", "gentle", "wide")
+LORA8_RANK = 8
 
 
 def zoo_regime(args: argparse.Namespace) -> Regime:
@@ -228,6 +231,12 @@ def lora_regime(args: argparse.Namespace) -> Regime:
                          f"choose from {', '.join(LORA_TARGETS)}")
     return replace(LORA, schedule=sched, replay=args.lora_replay, rank=args.lora_rank, alpha=alpha,
                    targets=targets or LORA_TARGETS)
+
+
+def lora8_regime(args: argparse.Namespace) -> Regime:
+    """The LoRA recipe (as the --lora-* options set it, but its rank) at rank 8 on the zoo base."""
+    alpha = args.lora_alpha if args.lora_alpha else 2 * LORA8_RANK
+    return replace(lora_regime(args), name="lora8", prefix="lora8 ", rank=LORA8_RANK, alpha=alpha)
 
 
 def gentle_regime(args: argparse.Namespace) -> Regime:
@@ -732,7 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated settings to run, of {', '.join(SETTINGS)}")
-    parser.add_argument("--experts", default="2,4,8", help="comma-separated K values (disjoint, lora, gentle)")
+    parser.add_argument("--experts", default="2,4,8",
+                        help="comma-separated K values (every setting but overlap)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated expert fine-tuning seeds")
     parser.add_argument("--no-overlap", action="store_true", help="skip the overlapping-skills setting")
     parser.add_argument("--methods", default="", help="comma-separated method labels (default: all)")
@@ -742,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--expert-lr", type=float, default=RECIPE.expert.lr, help="expert learning rate")
     parser.add_argument("--optimizer", default=RECIPE.expert.optimizer, help="expert optimizer (adamw or sgd)")
     parser.add_argument("--replay", type=float, default=RECIPE.replay, help="share of replay in expert data")
-    parser.add_argument("--lora-rank", type=int, default=LORA.rank, help="LoRA experts: adapter rank")
+    parser.add_argument("--lora-rank", type=int, default=LORA.rank,
+                        help="LoRA experts: adapter rank (settings lora and wide; lora8 is rank 8)")
     parser.add_argument("--lora-alpha", type=int, default=0, help="LoRA experts: alpha (default 2 x rank)")
     parser.add_argument("--lora-steps", type=int, default=LORA.schedule.steps, help="LoRA experts: steps")
     parser.add_argument("--lora-lr", type=float, default=LORA.schedule.lr, help="LoRA experts: AdamW lr")
@@ -800,7 +811,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = tuple(m for m in METHODS if m.label in wanted)
 
     zoo = zoo_regime(args)
-    regimes = {"disjoint": zoo, "overlap": zoo, "lora": lora_regime(args), "gentle": gentle_regime(args),
+    regimes = {"disjoint": zoo, "overlap": zoo, "lora": lora_regime(args),
+               "lora8": lora8_regime(args), "gentle": gentle_regime(args),
                "wide": wide_regime(args)}
     # (regime, setting name, experts' skills) in run order, per seed
     plan: list[tuple[Regime, str, list[tuple[str, ...]]]] = []

@@ -49,7 +49,7 @@ from mergepipe.merge.methods.tsv import tsv_delta
 from mergepipe.zoo.skills import SKILLS
 
 Kernel = Callable[[torch.Tensor, str], torch.Tensor]
-FAMILIES = ("lora", "wide", "zoo")
+FAMILIES = ("lora", "lora8", "wide", "zoo")
 OUT = mq.RESULTS / "checks" / "merge_variants.json"
 
 
@@ -143,7 +143,7 @@ VARIANTS: dict[str, Kernel] = {
 
 
 # merge_quality's own recipe builders at their default options: the experts of its published plan.
-REGIMES = {"lora": mq.lora_regime, "wide": mq.wide_regime, "zoo": mq.zoo_regime}
+REGIMES = {"lora": mq.lora_regime, "lora8": mq.lora8_regime, "wide": mq.wide_regime, "zoo": mq.zoo_regime}
 
 
 def family_setup(args: argparse.Namespace) -> tuple[mq.Regime, dict[str, torch.Tensor], mq.Evaluator]:
@@ -217,7 +217,7 @@ def _variants(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--family", choices=FAMILIES, default="lora",
-                   help="whose experts: lora, wide or zoo (the zoo recipe)")
+                   help="whose experts: lora, lora8 (rank 8), wide or zoo (the zoo recipe)")
     p.add_argument("--variants", type=_variants, default=("task_arithmetic", "tsv", "ours"),
                    help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--experts", type=lambda t: _numbers(t, "--experts"), default=(4, 8), help="K values")

@@ -76,3 +76,14 @@ def test_an_explicit_doc_path_is_kept_for_a_check_run(merge_quality, tmp_path: P
     assert mq.resolve_outputs(args, parser) == ["--seeds 3"]
     assert args.doc == str(tmp_path / "mine.md")
     assert Path(args.plot).parent.name == "checks"
+
+
+def test_the_rank_8_setting_is_the_lora_recipe_at_rank_8(merge_quality) -> None:
+    mq = merge_quality
+    args = mq.build_parser().parse_args(["--lora-lr", "1e-3"])
+    lora, lora8 = mq.lora_regime(args), mq.lora8_regime(args)
+    assert (lora.rank, lora.alpha, lora8.rank, lora8.alpha) == (16, 32, 8, 16)
+    assert lora8.schedule == lora.schedule and lora8.targets == lora.targets  # only the rank differs
+    assert lora8.key() != lora.key() and "r8_a16" in lora8.key()  # its own expert cache
+    assert lora8.informative and lora8.shape == lora.shape
+    assert mq.SETTINGS.index("lora8") == mq.SETTINGS.index("lora") + 1 and "lora8" in mq.REGIME_ORDER
