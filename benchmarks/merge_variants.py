@@ -18,7 +18,12 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
   (docs/methods/tsv.md, "A closed form"); ``p = 2`` uses ours' Gram matrices. Non-matrix
   tensors are merged by ours. ``geometric_p<p>_in<e>``: exponents ``e`` on the input side and
   ``1 - e`` on the output side;
-* ``tsv_on_<projection>`` / ``tsv_on_layer<i>``: TSV on those tensors only, ours elsewhere.
+* ``tsv_on_<projection>`` / ``tsv_on_layer<i>``: TSV on those tensors only, ours elsewhere;
+  ``sum_on_<projection>`` (``q_proj_sum`` for the query), ``sum_on_q_k`` (query and key) and
+  ``sum_on_mlp``: task arithmetic on those tensors only, ours elsewhere.
+* ``fused_qkv``, ``fused_qk``, ``fused_gate_up``, ``fused_qkv_gate_up``: ours on a fused checkpoint
+  layout (the query / key / value, or gate / up, projections of a layer stacked into one matrix,
+  as Phi-3 and GPT-2 store them), split back after the merge.
 
 Every row is a check, never a published block: results go to benchmarks/results/checks/.
 
@@ -119,6 +124,11 @@ def _geometric(power: float, input_exponent: float = 0.5) -> Kernel:
     return lambda d, n: geometric_delta(d, power, input_exponent) if is_matrix(d, n) else _ours(d, n)
 
 
+def _sum_on(*parts: str) -> Kernel:
+    """Task arithmetic on the tensors whose name contains one of ``parts``, ours elsewhere."""
+    return lambda d, n: d.sum(0) if any(part in n for part in parts) else _ours(d, n)
+
+
 def _tsv_on(part: str) -> Kernel:
     """TSV on the tensors whose name contains ``part``, ours elsewhere (where does TSV gain?)."""
     return lambda d, n: _tsv(d, n) if part in n else _ours(d, n)
@@ -132,14 +142,73 @@ VARIANTS: dict[str, Kernel] = {
     "ours_energy": _energy,
     "ours_x0.8": _scaled(0.8),
     "ours_x0.6": _scaled(0.6),
-    "q_proj_sum": lambda d, n: d.sum(0) if "q_proj" in n else _ours(d, n),
+    "q_proj_sum": _sum_on(".q_proj."),
     "mean_ours_tsv": lambda d, n: 0.5 * (_ours(d, n) + _tsv(d, n)),
     **{f"geometric_p{p:g}": _geometric(p) for p in (0.0, 0.5, 1.0, 2.0)},
     **{f"geometric_p{p:g}_in{e:g}": _geometric(p, e) for p, e in ((1.0, 0.75), (1.0, 0.25), (0.5, 0.25),
                                                                    (0.5, 0.4), (0.5, 0.6))},
     **{f"tsv_on_{proj}": _tsv_on(f".{proj}.") for proj in mq.LORA_TARGETS},
+    **{f"sum_on_{proj}": _sum_on(f".{proj}.") for proj in mq.LORA_TARGETS if proj != "q_proj"},
+    "sum_on_q_k": _sum_on(".q_proj.", ".k_proj."),
+    "sum_on_mlp": _sum_on(".gate_proj.", ".up_proj.", ".down_proj."),
     **{f"tsv_on_layer{i}": _tsv_on(f"layers.{i}.") for i in range(4)},
 }
+
+
+# Ours on a fused checkpoint layout: the projections that read the same input stacked along the
+# output axis into one matrix (as in Phi-3's qkv_proj / gate_up_proj, GPT-2's c_attn), merged,
+# and split back. A per-matrix rule sees other Gram matrices there, so the layout changes the merge.
+FusedGroup = tuple[str, tuple[str, ...]]  # (module, projections stacked in this order)
+QKV: FusedGroup = ("self_attn", ("q_proj", "k_proj", "v_proj"))
+QK: FusedGroup = ("self_attn", ("q_proj", "k_proj"))
+GATE_UP: FusedGroup = ("mlp", ("gate_proj", "up_proj"))
+FUSED_LAYOUTS: dict[str, tuple[FusedGroup, ...]] = {
+    "fused_qkv": (QKV,), "fused_qk": (QK,), "fused_gate_up": (GATE_UP,), "fused_qkv_gate_up": (QKV, GATE_UP),
+}
+
+
+def _fused_name(prefix: str, parts: tuple[str, ...]) -> str:
+    return f"{prefix}{'_'.join(parts)}_fused.weight"
+
+
+def fuse(state: dict[str, torch.Tensor], groups: tuple[FusedGroup, ...]) -> dict[str, torch.Tensor]:
+    """``state`` with every group's weights of a layer stacked into one ``<parts>_fused`` matrix."""
+    fused = dict(state)
+    for module, parts in groups:
+        for name in state:
+            if not name.endswith(f".{module}.{parts[0]}.weight"):
+                continue
+            prefix = name[: -len(f"{parts[0]}.weight")]
+            members = [f"{prefix}{part}.weight" for part in parts]
+            fused[_fused_name(prefix, parts)] = torch.cat([state[m] for m in members])
+            for m in members:
+                del fused[m]
+    return fused
+
+
+def unfuse(state: dict[str, torch.Tensor], groups: tuple[FusedGroup, ...], like: dict[str, torch.Tensor]
+           ) -> dict[str, torch.Tensor]:
+    """Split the fused matrices of ``state`` back into the projections of ``like``."""
+    split = dict(state)
+    for module, parts in groups:
+        for name in like:
+            if not name.endswith(f".{module}.{parts[0]}.weight"):
+                continue
+            prefix = name[: -len(f"{parts[0]}.weight")]
+            members = [f"{prefix}{part}.weight" for part in parts]
+            pieces = torch.split(split.pop(_fused_name(prefix, parts)), [like[m].shape[0] for m in members])
+            split.update(zip(members, pieces))
+    return split
+
+
+def merge(variant: str, base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]
+          ) -> dict[str, torch.Tensor]:
+    """The merged state dict of one variant: a per-tensor kernel, or ours on a fused layout."""
+    if variant not in FUSED_LAYOUTS:
+        return merged_state(VARIANTS[variant], base, experts)
+    groups = FUSED_LAYOUTS[variant]
+    merged = merged_state(_ours, fuse(base, groups), [fuse(e, groups) for e in experts])
+    return unfuse(merged, groups, base)
 
 
 # merge_quality's own recipe builders at their default options: the experts of its published plan.
@@ -176,7 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     expert_acc[s, seed] = evaluator.accuracy(e, (s,))[s]
             for variant in args.variants:
                 with torch.no_grad():
-                    acc = evaluator.accuracy(merged_state(VARIANTS[variant], base, experts), skills)
+                    acc = evaluator.accuracy(merge(variant, base, experts), skills)
                 score = 100 * statistics.fmean(
                     acc[s] / expert_acc[s, seed] for s in skills if expert_acc[s, seed] > 0)
                 rows[variant].setdefault(f"K={k}", []).append(score)
@@ -209,8 +278,9 @@ def _numbers(text: str, what: str) -> tuple[int, ...]:
 
 def _variants(text: str) -> tuple[str, ...]:
     names = tuple(v for v in text.split(",") if v)
-    if unknown := [v for v in names if v not in VARIANTS]:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    known = [*VARIANTS, *FUSED_LAYOUTS]
+    if unknown := [v for v in names if v not in known]:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return names
 
 
@@ -219,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=FAMILIES, default="lora",
                    help="whose experts: lora, lora8 (rank 8), wide or zoo (the zoo recipe)")
     p.add_argument("--variants", type=_variants, default=("task_arithmetic", "tsv", "ours"),
-                   help=f"comma-separated, of {', '.join(VARIANTS)}")
+                   help=f"comma-separated, of {', '.join([*VARIANTS, *FUSED_LAYOUTS])}")
     p.add_argument("--experts", type=lambda t: _numbers(t, "--experts"), default=(4, 8), help="K values")
     p.add_argument("--seeds", type=lambda t: _numbers(t, "--seeds"), default=(0, 1, 2), help="expert seeds")
     p.add_argument("--threads", type=int, default=2)

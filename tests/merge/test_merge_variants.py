@@ -78,3 +78,34 @@ def test_options_are_checked_and_the_table_has_one_row_per_variant(variants):
         "per_seed": {"ours": {"K=4": [80.0, 82.0]}, "tsv": {"K=4": [78.0, 79.0]}},
     })
     assert "| ours | 81.0 (80.0 / 82.0) |" in table and "| tsv | 78.5 (78.0 / 79.0) |" in table
+
+
+def _layer_state(gen: torch.Generator, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    shapes = {"q_proj": (6, 8), "k_proj": (4, 8), "v_proj": (4, 8)}
+    state = {f"model.layers.0.self_attn.{p}.weight": scale * torch.randn(*s, generator=gen) for p, s in shapes.items()}
+    state["model.layers.0.mlp.gate_proj.weight"] = scale * torch.randn(5, 8, generator=gen)
+    state["model.norm.weight"] = scale * torch.randn(8, generator=gen)
+    return state
+
+
+def test_a_fused_layout_round_trips_and_merges_the_stacked_matrix(variants):
+    gen = torch.Generator().manual_seed(3)
+    base = _layer_state(gen)
+    groups = variants.FUSED_LAYOUTS["fused_qkv"]
+    fused = variants.fuse(base, groups)
+    assert set(fused) == {"model.layers.0.self_attn.q_proj_k_proj_v_proj_fused.weight",
+                          "model.layers.0.mlp.gate_proj.weight", "model.norm.weight"}
+    assert fused["model.layers.0.self_attn.q_proj_k_proj_v_proj_fused.weight"].shape == (14, 8)
+    back = variants.unfuse(fused, groups, base)
+    assert set(back) == set(base) and all(torch.equal(back[n], base[n]) for n in base)
+
+    experts = [{n: w + d for (n, w), d in zip(base.items(), _layer_state(gen, 0.1).values())} for _ in range(2)]
+    merged = variants.merge("fused_qkv", base, experts)
+    names = [f"model.layers.0.self_attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj")]
+    stacked = torch.stack([torch.cat([e[n] - base[n] for n in names]) for e in experts])
+    expected = torch.cat([base[n] for n in names]) + variants.VARIANTS["ours"](stacked, "qkv")
+    torch.testing.assert_close(torch.cat([merged[n] for n in names]), expected)
+    per_tensor = variants.merge("ours", base, experts)  # the layout matters: not the per-matrix merge
+    assert not torch.allclose(merged[names[0]], per_tensor[names[0]])
+    torch.testing.assert_close(merged["model.layers.0.mlp.gate_proj.weight"],
+                               per_tensor["model.layers.0.mlp.gate_proj.weight"])
