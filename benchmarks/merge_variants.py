@@ -167,22 +167,23 @@ FUSED_LAYOUTS: dict[str, tuple[FusedGroup, ...]] = {
 }
 
 
-def _fused_name(prefix: str, parts: tuple[str, ...]) -> str:
-    return f"{prefix}{'_'.join(parts)}_fused.weight"
+def _fused_members(state: dict[str, torch.Tensor], groups: tuple[FusedGroup, ...]
+                   ) -> list[tuple[str, list[str]]]:
+    """(fused matrix name, the names of its parts) for every layer of ``state`` and every group."""
+    found = []
+    for module, parts in groups:
+        for name in state:
+            if name.endswith(f".{module}.{parts[0]}.weight"):
+                prefix = name[: -len(f"{parts[0]}.weight")]
+                found.append((f"{prefix}{'_'.join(parts)}_fused.weight", [f"{prefix}{p}.weight" for p in parts]))
+    return found
 
 
 def fuse(state: dict[str, torch.Tensor], groups: tuple[FusedGroup, ...]) -> dict[str, torch.Tensor]:
     """``state`` with every group's weights of a layer stacked into one ``<parts>_fused`` matrix."""
     fused = dict(state)
-    for module, parts in groups:
-        for name in state:
-            if not name.endswith(f".{module}.{parts[0]}.weight"):
-                continue
-            prefix = name[: -len(f"{parts[0]}.weight")]
-            members = [f"{prefix}{part}.weight" for part in parts]
-            fused[_fused_name(prefix, parts)] = torch.cat([state[m] for m in members])
-            for m in members:
-                del fused[m]
+    for fused_name, members in _fused_members(state, groups):
+        fused[fused_name] = torch.cat([fused.pop(m) for m in members])
     return fused
 
 
@@ -190,14 +191,8 @@ def unfuse(state: dict[str, torch.Tensor], groups: tuple[FusedGroup, ...], like:
            ) -> dict[str, torch.Tensor]:
     """Split the fused matrices of ``state`` back into the projections of ``like``."""
     split = dict(state)
-    for module, parts in groups:
-        for name in like:
-            if not name.endswith(f".{module}.{parts[0]}.weight"):
-                continue
-            prefix = name[: -len(f"{parts[0]}.weight")]
-            members = [f"{prefix}{part}.weight" for part in parts]
-            pieces = torch.split(split.pop(_fused_name(prefix, parts)), [like[m].shape[0] for m in members])
-            split.update(zip(members, pieces))
+    for fused_name, members in _fused_members(like, groups):
+        split.update(zip(members, torch.split(split.pop(fused_name), [like[m].shape[0] for m in members])))
     return split
 
 
