@@ -24,6 +24,8 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
 * ``fused_qkv``, ``fused_qk``, ``fused_gate_up``, ``fused_qkv_gate_up``: ours on a fused checkpoint
   layout (the query / key / value, or gate / up, projections of a layer stacked into one matrix,
   as Phi-3 and GPT-2 store them), split back after the merge.
+* ``qk_read_metric``: ours, with the output side of each query / key projection weighted by how
+  the other projection of the pair reads it (``qk_read_merge``).
 
 Every row is a check, never a published block: results go to benchmarks/results/checks/.
 
@@ -158,6 +160,7 @@ VARIANTS: dict[str, Kernel] = {
 # Ours on a fused checkpoint layout: the projections that read the same input stacked along the
 # output axis into one matrix (as in Phi-3's qkv_proj / gate_up_proj, GPT-2's c_attn), merged,
 # and split back. A per-matrix rule sees other Gram matrices there, so the layout changes the merge.
+StateMerge = Callable[[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]]
 FusedGroup = tuple[str, tuple[str, ...]]  # (module, projections stacked in this order)
 QKV: FusedGroup = ("self_attn", ("q_proj", "k_proj", "v_proj"))
 QK: FusedGroup = ("self_attn", ("q_proj", "k_proj"))
@@ -196,14 +199,67 @@ def unfuse(state: dict[str, torch.Tensor], groups: tuple[FusedGroup, ...], like:
     return split
 
 
+def output_metric_delta(deltas: torch.Tensor, metrics: list[torch.Tensor], output_weight: float = 0.25,
+                        eps: float = 1e-12) -> torch.Tensor:
+    """Ours' normalised objective with expert i's output-side Gram ``B_i^2`` replaced by ``metrics[i]``:
+    ``H M + M G = C``, ``H = o sum w_i O_i``, ``G = sum w_i A_i^2``, ``C = sum w_i (o O_i tau_i + tau_i A_i^2)``,
+    solved exactly (``O_i = B_i^2`` gives ours with ``solver: exact``)."""
+    x = deltas.double()
+    g_in = x.new_zeros(x.shape[2], x.shape[2])
+    h_out = x.new_zeros(x.shape[1], x.shape[1])
+    rhs = torch.zeros_like(x[0])
+    for t, metric in zip(x, metrics):
+        weight = t.square().sum().pow(-2)
+        a2 = (t.T @ t) @ (t.T @ t)
+        g_in += weight * a2
+        h_out += output_weight * weight * metric.double()
+        rhs += weight * (output_weight * metric.double() @ t + t @ a2)
+    h, p = torch.linalg.eigh(h_out)
+    g, q = torch.linalg.eigh(g_in)
+    denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :]
+    core = torch.where(denom > eps * denom.max(), (p.T @ rhs @ q) / denom.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+    return (p @ core @ q.T).to(deltas.dtype)
+
+
+def qk_read_merge(base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Ours, but the key projection's output side weighted by how expert i's queries read key space
+    (``W_q' A^q_i W_q'^T``, ``W_q' = W_q + tau^q_i``, ``A^q_i = tau^q_i^T tau^q_i`` as the query
+    inputs), and the query's by how its keys are read, each scaled to the trace of ``B_i^2``: the
+    two act through ``x^T W_q^T W_k y`` (RoPE and heads ignored)."""
+    merged = merged_state(_ours, base, experts)
+    for q_name in [n for n in base if ".q_proj." in n]:
+        k_name = q_name.replace(".q_proj.", ".k_proj.")
+        taus = {n: torch.stack([e[n].double() - base[n].double() for e in experts]) for n in (q_name, k_name)}
+        for name, reader in ((k_name, q_name), (q_name, k_name)):
+            metrics = []
+            for own, other in zip(taus[name], taus[reader]):
+                read = (base[reader].double() + other) @ (other.T @ other) @ (base[reader].double() + other).T
+                own_gram = own @ (own.T @ own) @ own.T  # ours' B_i^2
+                metrics.append(read * (own_gram.trace() / read.trace().clamp_min(torch.finfo(read.dtype).tiny)))
+            merged[name] = (base[name].double() + output_metric_delta(taus[name], metrics)).to(base[name].dtype)
+    return merged
+
+
+def _fused_merge(groups: tuple[FusedGroup, ...]) -> StateMerge:
+    def run_fused(base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        merged = merged_state(_ours, fuse(base, groups), [fuse(e, groups) for e in experts])
+        return unfuse(merged, groups, base)
+    return run_fused
+
+
+# Variants that need several tensors at once (not one kernel per tensor).
+STATE_VARIANTS: dict[str, StateMerge] = {
+    **{name: _fused_merge(groups) for name, groups in FUSED_LAYOUTS.items()},
+    "qk_read_metric": qk_read_merge,
+}
+
+
 def merge(variant: str, base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]
           ) -> dict[str, torch.Tensor]:
-    """The merged state dict of one variant: a per-tensor kernel, or ours on a fused layout."""
-    if variant not in FUSED_LAYOUTS:
-        return merged_state(VARIANTS[variant], base, experts)
-    groups = FUSED_LAYOUTS[variant]
-    merged = merged_state(_ours, fuse(base, groups), [fuse(e, groups) for e in experts])
-    return unfuse(merged, groups, base)
+    """The merged state dict of one variant: a per-tensor kernel, or a whole-state rule."""
+    if variant in STATE_VARIANTS:
+        return STATE_VARIANTS[variant](base, experts)
+    return merged_state(VARIANTS[variant], base, experts)
 
 
 # merge_quality's own recipe builders at their default options: the experts of its published plan.
@@ -273,7 +329,7 @@ def _numbers(text: str, what: str) -> tuple[int, ...]:
 
 def _variants(text: str) -> tuple[str, ...]:
     names = tuple(v for v in text.split(",") if v)
-    known = [*VARIANTS, *FUSED_LAYOUTS]
+    known = [*VARIANTS, *STATE_VARIANTS]
     if unknown := [v for v in names if v not in known]:
         raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return names
@@ -284,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=FAMILIES, default="lora",
                    help="whose experts: lora, lora8 (rank 8), wide or zoo (the zoo recipe)")
     p.add_argument("--variants", type=_variants, default=("task_arithmetic", "tsv", "ours"),
-                   help=f"comma-separated, of {', '.join([*VARIANTS, *FUSED_LAYOUTS])}")
+                   help=f"comma-separated, of {', '.join([*VARIANTS, *STATE_VARIANTS])}")
     p.add_argument("--experts", type=lambda t: _numbers(t, "--experts"), default=(4, 8), help="K values")
     p.add_argument("--seeds", type=lambda t: _numbers(t, "--seeds"), default=(0, 1, 2), help="expert seeds")
     p.add_argument("--threads", type=int, default=2)

@@ -109,3 +109,30 @@ def test_a_fused_layout_round_trips_and_merges_the_stacked_matrix(variants):
     assert not torch.allclose(merged[names[0]], per_tensor[names[0]])
     torch.testing.assert_close(merged["model.layers.0.mlp.gate_proj.weight"],
                                per_tensor["model.layers.0.mlp.gate_proj.weight"])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_the_output_metric_solver_with_ours_gram_is_ours(variants, k):
+    from mergepipe.merge.methods.bilateral import bilateral_delta
+
+    deltas = torch.randn(k, 9, 7, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+    grams = [t @ (t.T @ t) @ t.T for t in deltas]  # B_i^2
+    torch.testing.assert_close(variants.output_metric_delta(deltas, grams),
+                               bilateral_delta(deltas, name="w", solver="exact"))
+    other = variants.output_metric_delta(deltas, [torch.eye(9, dtype=torch.float64) * g.trace() for g in grams])
+    assert not torch.allclose(other, bilateral_delta(deltas, name="w", solver="exact"))
+
+
+def test_the_query_key_read_metric_changes_only_the_query_and_key(variants):
+    gen = torch.Generator().manual_seed(5)
+    base = {f"model.layers.0.self_attn.{p}.weight": torch.randn(8, 8, generator=gen) for p in ("q_proj", "k_proj")}
+    base["model.layers.0.mlp.up_proj.weight"] = torch.randn(6, 8, generator=gen)
+    experts = [{n: w + 0.1 * torch.randn(w.shape, generator=gen) for n, w in base.items()} for _ in range(2)]
+    merged, ours = variants.merge("qk_read_metric", base, experts), variants.merge("ours", base, experts)
+    torch.testing.assert_close(merged["model.layers.0.mlp.up_proj.weight"], ours["model.layers.0.mlp.up_proj.weight"])
+    for p in ("q_proj", "k_proj"):
+        name = f"model.layers.0.self_attn.{p}.weight"
+        assert not torch.allclose(merged[name], ours[name])
+    one = variants.merge("qk_read_metric", base, experts[:1])  # one expert is returned unchanged
+    for name in base:
+        torch.testing.assert_close(one[name], experts[0][name], rtol=1e-5, atol=1e-5)
