@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import merge_quality as mq
 
 from mergepipe.core.tensor_names import is_vocabulary_tensor
-from mergepipe.merge.methods.bilateral import bilateral_delta
+from mergepipe.merge.methods.bilateral import bilateral_delta, expert_weights, solve_sylvester
 from mergepipe.merge.methods.tsv import tsv_delta
 from mergepipe.zoo.skills import SKILLS
 
@@ -208,17 +208,12 @@ def output_metric_delta(deltas: torch.Tensor, metrics: list[torch.Tensor], outpu
     g_in = x.new_zeros(x.shape[2], x.shape[2])
     h_out = x.new_zeros(x.shape[1], x.shape[1])
     rhs = torch.zeros_like(x[0])
-    for t, metric in zip(x, metrics):
-        weight = t.square().sum().pow(-2)
+    for weight, t, metric in zip(expert_weights(x, normalize=True).tolist(), x, metrics):
         a2 = (t.T @ t) @ (t.T @ t)
         g_in += weight * a2
         h_out += output_weight * weight * metric.double()
         rhs += weight * (output_weight * metric.double() @ t + t @ a2)
-    h, p = torch.linalg.eigh(h_out)
-    g, q = torch.linalg.eigh(g_in)
-    denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :]
-    core = torch.where(denom > eps * denom.max(), (p.T @ rhs @ q) / denom.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
-    return (p @ core @ q.T).to(deltas.dtype)
+    return solve_sylvester(h_out, g_in, rhs, eps).to(deltas.dtype)
 
 
 def qk_read_merge(base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -231,9 +226,10 @@ def qk_read_merge(base: dict[str, torch.Tensor], experts: list[dict[str, torch.T
         k_name = q_name.replace(".q_proj.", ".k_proj.")
         taus = {n: torch.stack([e[n].double() - base[n].double() for e in experts]) for n in (q_name, k_name)}
         for name, reader in ((k_name, q_name), (q_name, k_name)):
+            reader_base = base[reader].double()
             metrics = []
             for own, other in zip(taus[name], taus[reader]):
-                read = (base[reader].double() + other) @ (other.T @ other) @ (base[reader].double() + other).T
+                read = (reader_base + other) @ (other.T @ other) @ (reader_base + other).T
                 own_gram = own @ (own.T @ own) @ own.T  # ours' B_i^2
                 metrics.append(read * (own_gram.trace() / read.trace().clamp_min(torch.finfo(read.dtype).tiny)))
             merged[name] = (base[name].double() + output_metric_delta(taus[name], metrics)).to(base[name].dtype)

@@ -134,9 +134,8 @@ def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float, wei
     weight ``o`` the objective ``sum_i w_i (||(M - tau_i) A_i||^2 + o ||B_i (M - tau_i)||^2)``
     has its gradient vanish where ``H M + M G = C``, ``H = o sum_i w_i B_i^2``,
     ``G = sum_i w_i A_i^2``, ``C = (1 + o) sum_i w_i tau_i A_i^2`` (``B_i^2 tau_i = tau_i A_i^2``).
-    With ``H = P diag(h) P^T`` and ``G = Q diag(g) Q^T`` this is
-    ``(P^T M Q)_ab = (P^T C Q)_ab / (h_a + g_b)``. Where no expert acts on either side
-    (``h_a + g_b`` below eps of the largest) every task vector is zero, and so is M.
+    ``solve_sylvester`` decouples it by the eigendecompositions of ``H`` and ``G``. Where no
+    expert acts on either side every task vector is zero, and so is M.
 
     The background term ``sum_i l_i ||M - tau_i||^2`` with ``l_i = background_per_input * w_i
     tr(A_i^2)`` (``background_per_input`` = background / fan-in) adds ``L = sum_i l_i`` to every
@@ -165,12 +164,23 @@ def _bilateral_exact(deltas: torch.Tensor, eps: float, output_weight: float, wei
             share = background_per_input * weight * float(torch.diagonal(a2).sum())  # l_i
             background_total += share
             background_rhs += share * t
+    solved = solve_sylvester(gram_out, gram_in, (1.0 + output_weight) * rhs + background_rhs, eps, background_total)
+    return solved.to(deltas.dtype)
+
+
+def solve_sylvester(gram_out: torch.Tensor, gram_in: torch.Tensor, rhs: torch.Tensor, eps: float,
+                    shift: float = 0.0) -> torch.Tensor:
+    """``M`` with ``H M + M G + shift M = C`` for symmetric PSD ``H`` (out x out), ``G`` (in x in).
+
+    With ``H = P diag(h) P^T`` and ``G = Q diag(g) Q^T``: ``(P^T M Q)_ab = (P^T C Q)_ab / (h_a + g_b
+    + shift)``; pairs whose denominator is below eps of the largest are directions no expert acts
+    on, and M is 0 there."""
     h, p = torch.linalg.eigh(gram_out)
     g, q = torch.linalg.eigh(gram_in)
-    denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :] + background_total
-    rotated = p.T @ ((1.0 + output_weight) * rhs + background_rhs) @ q
+    denom = h.clamp_min(0)[:, None] + g.clamp_min(0)[None, :] + shift
+    rotated = p.T @ rhs @ q
     solved = torch.where(denom > eps * denom.max(), rotated / denom.clamp_min(_tiny(denom)), 0.0)
-    return (p @ solved @ q.T).to(deltas.dtype)
+    return p @ solved @ q.T
 
 
 @contextmanager
