@@ -26,6 +26,18 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
   as Phi-3 and GPT-2 store them), split back after the merge.
 * ``qk_read_metric``: ours, with the output side of each query / key projection weighted by how
   the other projection of the pair reads it (``qk_read_merge``).
+* ``spectral_p<p>_o<o>``: ours' Sylvester equation with each expert's *signal* directions (above
+  the Gavish-Donoho threshold of its spectrum, ``signal_rank``) weighted by ``(sigma / sigma_1)^p``
+  and output weight ``o`` (``spectral_delta``): ``p`` = 4 is ours' weighting, 0 weighs every signal
+  direction alike, as TSV does.
+* ``power_sum_r<r>``: ours' decoupled solve with ``(h^r + g^r)^(1/r)`` in place of ``h + g``
+  (``power_sum_delta``; towards r = 0 the geometric mean of the two sides).
+* ``ours_tsv_spectrum`` / ``ta_tsv_spectrum``: ours' (task arithmetic's) singular vectors with the
+  singular values TSV-M's merge has (``tsv_spectrum``, ``with_spectrum``): is TSV's lead at K = 8 in
+  its spectrum or in its directions?
+* ``writers_transposed`` / ``writers_tsv``: ours transposed (the output side leads) or TSV on the
+  projections that write into the residual stream (``o_proj``, ``down_proj``), ours elsewhere;
+  ``ours0.25_tsv`` / ``ours0.75_tsv``: weighted means of ours and TSV.
 
 Every row is a check, never a published block: results go to benchmarks/results/checks/.
 
@@ -136,6 +148,103 @@ def _tsv_on(part: str) -> Kernel:
     return lambda d, n: _tsv(d, n) if part in n else _ours(d, n)
 
 
+def signal_rank(spectrum: torch.Tensor, out_dim: int, in_dim: int) -> int:
+    """How many singular values of one task matrix stand above its noise bulk: the Gavish-Donoho
+    hard threshold for unknown noise, ``omega(beta) * median`` (Gavish & Donoho 2014, eq. 5's
+    cubic fit), and never below 1e-6 of the largest (a LoRA expert's numerically zero tail)."""
+    beta = min(out_dim, in_dim) / max(out_dim, in_dim)
+    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+    threshold = max(omega * float(spectrum.median()), 1e-6 * float(spectrum[0]))
+    return int((spectrum > threshold).sum())
+
+
+def spectral_delta(deltas: torch.Tensor, power: float, output_weight: float = 0.25) -> torch.Tensor:
+    """Ours' Sylvester equation with each expert's directions weighted by ``(sigma / sigma_1)^power``
+    on its signal directions (``signal_rank``) instead of ``sigma^4 / ||tau||^4`` on all of them:
+    ``H = o sum_i U_i F_i U_i^T``, ``G = sum_i V_i F_i V_i^T``, ``C = (1 + o) sum_i U_i S_i F_i V_i^T``.
+    ``power`` 4 is ours' weighting (scaled per expert by its top direction, not its norm), 0 weighs
+    every signal direction alike, as TSV does. What lies below an expert's threshold is dropped."""
+    x = deltas.double()
+    out_dim, in_dim = x.shape[1:]
+    g_in = x.new_zeros(in_dim, in_dim)
+    h_out = x.new_zeros(out_dim, out_dim)
+    rhs = torch.zeros_like(x[0])
+    for t in x:
+        u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        kept = signal_rank(s, out_dim, in_dim) if bool(s.any()) else 0
+        if kept == 0:  # no direction above the noise bulk: the expert brings nothing here
+            continue
+        u, s, vh = u[:, :kept], s[:kept], vh[:kept]
+        weight = (s / s[0]).pow(power)
+        g_in += (vh.T * weight) @ vh
+        h_out += output_weight * (u * weight) @ u.T
+        rhs += (1.0 + output_weight) * (u * (s * weight)) @ vh
+    return solve_sylvester(h_out, g_in, rhs, 1e-12).to(deltas.dtype)
+
+
+def power_sum_delta(deltas: torch.Tensor, exponent: float, output_weight: float = 0.25) -> torch.Tensor:
+    """Ours' decoupled solve with the denominator ``h_a + g_b`` replaced by ``(h_a^r + g_b^r)^(1/r)``
+    (``r`` = 1: ours; towards 0 the geometric mean, which shrinks directions shared by n experts
+    like ``1 / sqrt(n)`` instead of ``(1 + o) / (n + o)``); ``C`` is scaled so that one expert is
+    returned unchanged."""
+    x = deltas.double()
+    g_in = x.new_zeros(x.shape[2], x.shape[2])
+    h_out = x.new_zeros(x.shape[1], x.shape[1])
+    rhs = torch.zeros_like(x[0])
+    for weight, t in zip(expert_weights(x, normalize=True).tolist(), x):
+        a2 = (t.T @ t) @ (t.T @ t)
+        b = t @ t.T
+        g_in += weight * a2
+        h_out += output_weight * weight * (b @ b)
+        rhs += weight * (t @ a2)
+    rhs *= (output_weight**exponent + 1.0) ** (1.0 / exponent)
+    h, p = torch.linalg.eigh(h_out)
+    g, q = torch.linalg.eigh(g_in)
+    denom = (h.clamp_min(0)[:, None] ** exponent + g.clamp_min(0)[None, :] ** exponent) ** (1.0 / exponent)
+    rotated = p.T @ rhs @ q
+    solved = torch.where(denom > 1e-12 * denom.max(), rotated / denom.clamp_min(torch.finfo(denom.dtype).tiny), 0.0)
+    return (p @ solved @ q.T).to(deltas.dtype)
+
+
+def tsv_spectrum(deltas: torch.Tensor) -> torch.Tensor:
+    """The singular values TSV-M's merged matrix has: each expert's top ``min(out, in) // K``, sorted."""
+    share = max(1, min(deltas.shape[1:]) // deltas.shape[0])
+    values = torch.cat([torch.linalg.svdvals(t)[:share] for t in deltas.double()])
+    return torch.sort(values, descending=True).values
+
+
+def with_spectrum(merged: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
+    """``merged``'s singular vectors (in the order of its singular values) with ``spectrum``."""
+    u, s, vh = torch.linalg.svd(merged.double(), full_matrices=False)
+    kept = min(s.numel(), spectrum.numel())
+    values = torch.zeros_like(s)
+    values[:kept] = spectrum[:kept].to(values)
+    return ((u * values) @ vh).to(merged.dtype)
+
+
+WRITERS = (".o_proj.", ".down_proj.")  # the projections that write into the residual stream
+
+
+def _on_writers(kernel: Kernel) -> Kernel:
+    """``kernel`` on the residual-stream writers, ours on everything else."""
+    return lambda d, n: kernel(d, n) if is_matrix(d, n) and any(w in n for w in WRITERS) else _ours(d, n)
+
+
+def _transposed(d: torch.Tensor, n: str) -> torch.Tensor:
+    """Ours on the transposed task matrices: its input side becomes the output side (weight 1)
+    and the output side the input side (weight ``o``)."""
+    return _ours(d.transpose(1, 2), n).transpose(0, 1)
+
+
+def _matrices_only(kernel: Kernel) -> Kernel:
+    return lambda d, n: kernel(d, n) if is_matrix(d, n) else _ours(d, n)
+
+
+def _blend(share: float) -> Kernel:
+    """``share`` x ours + (1 - share) x TSV."""
+    return lambda d, n: share * _ours(d, n) + (1.0 - share) * _tsv(d, n)
+
+
 VARIANTS: dict[str, Kernel] = {
     "task_arithmetic": lambda d, n: d.sum(0),
     "tsv": _tsv,
@@ -154,6 +263,14 @@ VARIANTS: dict[str, Kernel] = {
     "sum_on_q_k": _sum_on(".q_proj.", ".k_proj."),
     "sum_on_mlp": _sum_on(".gate_proj.", ".up_proj.", ".down_proj."),
     **{f"tsv_on_layer{i}": _tsv_on(f"layers.{i}.") for i in range(4)},
+    **{f"ours{a:g}_tsv": _blend(a) for a in (0.25, 0.75)},
+    "writers_transposed": _on_writers(_transposed),
+    "writers_tsv": _on_writers(_tsv),
+    "ours_tsv_spectrum": _matrices_only(lambda d, n: with_spectrum(_ours(d, n), tsv_spectrum(d))),
+    "ta_tsv_spectrum": _matrices_only(lambda d, n: with_spectrum(d.sum(0), tsv_spectrum(d))),
+    **{f"power_sum_r{r:g}": _matrices_only(lambda d, n, r=r: power_sum_delta(d, r)) for r in (0.5, 0.25)},
+    **{f"spectral_p{p:g}_o{o:g}": _matrices_only(lambda d, n, p=p, o=o: spectral_delta(d, p, o))
+       for p in (0.0, 0.5, 1.0, 2.0, 4.0) for o in (0.25, 1.0)},
 }
 
 

@@ -136,3 +136,84 @@ def test_the_query_key_read_metric_changes_only_the_query_and_key(variants):
     one = variants.merge("qk_read_metric", base, experts[:1])  # one expert is returned unchanged
     for name in base:
         torch.testing.assert_close(one[name], experts[0][name], rtol=1e-5, atol=1e-5)
+
+
+def _orthogonal_blocks(k: int, rank: int, out_dim: int, in_dim: int, seed: int) -> torch.Tensor:
+    """K task matrices of rank ``rank`` on mutually orthogonal row and column spaces."""
+    gen = torch.Generator().manual_seed(seed)
+    left, _ = torch.linalg.qr(torch.randn(out_dim, out_dim, generator=gen, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(in_dim, in_dim, generator=gen, dtype=torch.float64))
+    return torch.stack([
+        left[:, rank * i:rank * (i + 1)] @ torch.randn(rank, rank, generator=gen, dtype=torch.float64)
+        @ right[:, rank * i:rank * (i + 1)].T
+        for i in range(k)
+    ])
+
+
+@pytest.mark.parametrize("power", [0.0, 1.0, 4.0])
+@pytest.mark.parametrize("output_weight", [0.25, 1.0])
+def test_spectral_weighting_keeps_the_sanity_properties(variants, power, output_weight):
+    t = _low_rank(1, 12, 16, 3, seed=2)
+    merge = lambda d: variants.spectral_delta(d, power, output_weight)  # noqa: E731
+    torch.testing.assert_close(merge(t), t[0])
+    torch.testing.assert_close(merge(torch.cat([t, t])), t[0])
+    blocks = _orthogonal_blocks(3, 3, 12, 16, seed=4)
+    torch.testing.assert_close(merge(blocks), blocks.sum(0))
+    overlapping = _low_rank(3, 12, 16, 3, seed=5)
+    assert not torch.allclose(merge(overlapping), overlapping.sum(0))
+
+
+def test_spectral_weighting_drops_what_lies_in_the_noise_bulk(variants):
+    gen = torch.Generator().manual_seed(6)
+    signal = _low_rank(1, 40, 60, 2, seed=7)[0]
+    noisy = signal + 1e-3 * torch.randn(40, 60, generator=gen, dtype=torch.float64)
+    spectrum = torch.linalg.svdvals(noisy)
+    assert variants.signal_rank(spectrum, 40, 60) == 2
+    # One noisy expert comes back as its two signal directions, not with its noise.
+    kept = variants.spectral_delta(noisy[None], 1.0)
+    assert torch.linalg.matrix_rank(kept, rtol=1e-8) == 2
+    assert (kept - signal).norm() < (noisy - signal).norm()
+
+
+def test_the_power_sum_solve_is_ours_at_one_and_shrinks_shared_directions_less_below(variants):
+    from mergepipe.merge.methods.bilateral import bilateral_delta
+
+    deltas = torch.randn(3, 9, 7, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    torch.testing.assert_close(variants.power_sum_delta(deltas, 1.0), bilateral_delta(deltas, name="w", solver="exact"))
+    # n experts read one input direction and write orthogonal outputs: each output keeps
+    # (1 + o) / (n + o) with r = 1 and ((1 + sqrt o) / (sqrt o + sqrt n))^2 with r = 1/2.
+    n, o = 4, 0.25
+    shared = torch.stack([torch.outer(torch.eye(6, dtype=torch.float64)[i], torch.eye(5, dtype=torch.float64)[0])
+                          for i in range(n)])
+    for exponent, kept in ((1.0, (1 + o) / (n + o)), (0.5, ((1 + o**0.5) / (o**0.5 + n**0.5)) ** 2)):
+        merged = variants.power_sum_delta(shared, exponent, o)
+        torch.testing.assert_close(merged, kept * shared.sum(0))
+    single = _low_rank(1, 9, 7, 3, seed=9)
+    torch.testing.assert_close(variants.power_sum_delta(torch.cat([single, single]), 0.5), single[0],
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_tsv_s_merged_matrix_has_the_spectrum_tsv_spectrum_names(variants, k):
+    deltas = torch.randn(k, 16, 12, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+    expected = variants.tsv_spectrum(deltas)
+    torch.testing.assert_close(torch.linalg.svdvals(tsv_delta(deltas))[:expected.numel()], expected)
+    ours = variants.VARIANTS["ours"](deltas, "w")
+    moved = variants.with_spectrum(ours, expected)
+    torch.testing.assert_close(torch.linalg.svdvals(moved)[:expected.numel()], expected)
+    # ...with ours' singular vectors: the leading left singular vector is unchanged up to sign.
+    u_ours, u_moved = torch.linalg.svd(ours)[0][:, 0], torch.linalg.svd(moved)[0][:, 0]
+    torch.testing.assert_close(u_ours.dot(u_moved).abs(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_the_writer_rule_is_ours_transposed_on_o_and_down_projections_only(variants):
+    from mergepipe.merge.methods.bilateral import bilateral_delta
+
+    deltas = torch.randn(3, 10, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    writer, reader = "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.up_proj.weight"
+    # Transposing swaps the sides: input side at weight 1 / o against the output side, i.e. o = 4.
+    torch.testing.assert_close(variants.VARIANTS["writers_transposed"](deltas, writer),
+                               bilateral_delta(deltas, name="w", solver="exact", output_weight=4.0))
+    torch.testing.assert_close(variants.VARIANTS["writers_transposed"](deltas, reader),
+                               variants.VARIANTS["ours"](deltas, reader))
+    torch.testing.assert_close(variants.VARIANTS["writers_tsv"](deltas, writer), tsv_delta(deltas))
