@@ -37,7 +37,8 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
   its spectrum or in its directions?
 * ``writers_transposed`` / ``writers_tsv``: ours transposed (the output side leads) or TSV on the
   projections that write into the residual stream (``o_proj``, ``down_proj``), ours elsewhere;
-  ``ours0.25_tsv`` / ``ours0.75_tsv``: weighted means of ours and TSV.
+  ``ours0.25_tsv`` / ``ours0.75_tsv``: weighted means of ours and TSV; ``tsv_on_q_k`` /
+  ``geometric_p<p>_on_q_k``: TSV or the geometric form on the query and key projections only.
 
 Every row is a check, never a published block: results go to benchmarks/results/checks/.
 
@@ -236,6 +237,11 @@ def _transposed(d: torch.Tensor, n: str) -> torch.Tensor:
     return _ours(d.transpose(1, 2), n).transpose(0, 1)
 
 
+def _on_parts(kernel: Kernel, *parts: str) -> Kernel:
+    """``kernel`` on the tensors whose name contains one of ``parts``, ours elsewhere."""
+    return lambda d, n: kernel(d, n) if any(part in n for part in parts) else _ours(d, n)
+
+
 def _matrices_only(kernel: Kernel) -> Kernel:
     return lambda d, n: kernel(d, n) if is_matrix(d, n) else _ours(d, n)
 
@@ -264,6 +270,8 @@ VARIANTS: dict[str, Kernel] = {
     "sum_on_mlp": _sum_on(".gate_proj.", ".up_proj.", ".down_proj."),
     **{f"tsv_on_layer{i}": _tsv_on(f"layers.{i}.") for i in range(4)},
     **{f"ours{a:g}_tsv": _blend(a) for a in (0.25, 0.75)},
+    "tsv_on_q_k": _on_parts(_tsv, ".q_proj.", ".k_proj."),
+    **{f"geometric_p{p:g}_on_q_k": _on_parts(_geometric(p), ".q_proj.", ".k_proj.") for p in (1.0, 2.0)},
     "writers_transposed": _on_writers(_transposed),
     "writers_tsv": _on_writers(_tsv),
     "ours_tsv_spectrum": _matrices_only(lambda d, n: with_spectrum(_ours(d, n), tsv_spectrum(d))),

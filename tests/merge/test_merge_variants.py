@@ -217,3 +217,6 @@ def test_the_writer_rule_is_ours_transposed_on_o_and_down_projections_only(varia
     torch.testing.assert_close(variants.VARIANTS["writers_transposed"](deltas, reader),
                                variants.VARIANTS["ours"](deltas, reader))
     torch.testing.assert_close(variants.VARIANTS["writers_tsv"](deltas, writer), tsv_delta(deltas))
+    query, up = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"
+    torch.testing.assert_close(variants.VARIANTS["tsv_on_q_k"](deltas, query), tsv_delta(deltas))
+    torch.testing.assert_close(variants.VARIANTS["tsv_on_q_k"](deltas, up), variants.VARIANTS["ours"](deltas, up))
