@@ -94,15 +94,18 @@ def _gram_power(gram: torch.Tensor, power: float) -> torch.Tensor:
     return _pseudo_power(gram, power, 1e-10)
 
 
+def _accumulators(deltas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stack in float64 and zeroed ``G_in`` (in x in), ``G_out`` (out x out) and ``C`` (out x in)."""
+    x = deltas.double()
+    out_dim, in_dim = x.shape[1:]
+    return x, x.new_zeros(in_dim, in_dim), x.new_zeros(out_dim, out_dim), torch.zeros_like(x[0])
+
+
 def geometric_delta(deltas: torch.Tensor, power: float, input_exponent: float = 0.5) -> torch.Tensor:
     """``G_out^(-1/2) C G_in^(-1/2)`` for stacked task matrices [K, out, in] (module docstring);
     ``input_exponent`` e gives ``G_out^(e-1) C G_in^(-e)`` instead (the two sides' exponents
     must add up to 1, else one expert would not be returned unchanged)."""
-    x = deltas.double()
-    out_dim, in_dim = x.shape[1:]
-    g_in = x.new_zeros(in_dim, in_dim)
-    g_out = x.new_zeros(out_dim, out_dim)
-    rhs = torch.zeros_like(x[0])
+    x, g_in, g_out, rhs = _accumulators(deltas)
     for t in x:
         energy = t.square().sum()
         if energy == 0:
@@ -165,14 +168,10 @@ def spectral_delta(deltas: torch.Tensor, power: float, output_weight: float = 0.
     ``H = o sum_i U_i F_i U_i^T``, ``G = sum_i V_i F_i V_i^T``, ``C = (1 + o) sum_i U_i S_i F_i V_i^T``.
     ``power`` 4 is ours' weighting (scaled per expert by its top direction, not its norm), 0 weighs
     every signal direction alike, as TSV does. What lies below an expert's threshold is dropped."""
-    x = deltas.double()
-    out_dim, in_dim = x.shape[1:]
-    g_in = x.new_zeros(in_dim, in_dim)
-    h_out = x.new_zeros(out_dim, out_dim)
-    rhs = torch.zeros_like(x[0])
+    x, g_in, h_out, rhs = _accumulators(deltas)
     for t in x:
         u, s, vh = torch.linalg.svd(t, full_matrices=False)
-        kept = signal_rank(s, out_dim, in_dim) if bool(s.any()) else 0
+        kept = signal_rank(s, *t.shape) if bool(s.any()) else 0
         if kept == 0:  # no direction above the noise bulk: the expert brings nothing here
             continue
         u, s, vh = u[:, :kept], s[:kept], vh[:kept]
@@ -188,10 +187,7 @@ def power_sum_delta(deltas: torch.Tensor, exponent: float, output_weight: float 
     (``r`` = 1: ours; towards 0 the geometric mean, which shrinks directions shared by n experts
     like ``1 / sqrt(n)`` instead of ``(1 + o) / (n + o)``); ``C`` is scaled so that one expert is
     returned unchanged."""
-    x = deltas.double()
-    g_in = x.new_zeros(x.shape[2], x.shape[2])
-    h_out = x.new_zeros(x.shape[1], x.shape[1])
-    rhs = torch.zeros_like(x[0])
+    x, g_in, h_out, rhs = _accumulators(deltas)
     for weight, t in zip(expert_weights(x, normalize=True).tolist(), x):
         a2 = (t.T @ t) @ (t.T @ t)
         b = t @ t.T
@@ -329,10 +325,7 @@ def output_metric_delta(deltas: torch.Tensor, metrics: list[torch.Tensor], outpu
     """Ours' normalised objective with expert i's output-side Gram ``B_i^2`` replaced by ``metrics[i]``:
     ``H M + M G = C``, ``H = o sum w_i O_i``, ``G = sum w_i A_i^2``, ``C = sum w_i (o O_i tau_i + tau_i A_i^2)``,
     solved exactly (``O_i = B_i^2`` gives ours with ``solver: exact``)."""
-    x = deltas.double()
-    g_in = x.new_zeros(x.shape[2], x.shape[2])
-    h_out = x.new_zeros(x.shape[1], x.shape[1])
-    rhs = torch.zeros_like(x[0])
+    x, g_in, h_out, rhs = _accumulators(deltas)
     for weight, t, metric in zip(expert_weights(x, normalize=True).tolist(), x, metrics):
         a2 = (t.T @ t) @ (t.T @ t)
         g_in += weight * a2
