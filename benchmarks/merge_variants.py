@@ -29,7 +29,8 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
 * ``spectral_p<p>_o<o>``: ours' Sylvester equation with each expert's *signal* directions (above
   the Gavish-Donoho threshold of its spectrum, ``signal_rank``) weighted by ``(sigma / sigma_1)^p``
   and output weight ``o`` (``spectral_delta``): ``p`` = 4 is ours' weighting, 0 weighs every signal
-  direction alike, as TSV does.
+  direction alike, as TSV does. ``spectral_adaptive``: ``spectral_p1_o1`` where every expert is
+  low-rank (LoRA-like), ours elsewhere (``adaptive_spectral_delta``).
 * ``power_sum_r<r>``: ours' decoupled solve with ``(h^r + g^r)^(1/r)`` in place of ``h + g``
   (``power_sum_delta``; towards r = 0 the geometric mean of the two sides).
 * ``ours_tsv_spectrum`` / ``ta_tsv_spectrum``: ours' (task arithmetic's) singular vectors with the
@@ -233,6 +234,17 @@ def _transposed(d: torch.Tensor, n: str) -> torch.Tensor:
     return _ours(d.transpose(1, 2), n).transpose(0, 1)
 
 
+def adaptive_spectral_delta(deltas: torch.Tensor, name: str) -> torch.Tensor:
+    """``spectral_delta`` with ``p`` = 1, ``o`` = 1 where every expert is low-rank (signal rank at
+    most a quarter of the smaller side, as a LoRA adapter's delta is), ours elsewhere (full
+    fine-tunes, whose noise-like directions ``sigma^4`` keeps from counting)."""
+    if not is_matrix(deltas, name):
+        return _ours(deltas, name)
+    limit = min(deltas.shape[1:]) / 4
+    low_rank = all(signal_rank(torch.linalg.svdvals(t.double()), *t.shape) <= limit for t in deltas)
+    return spectral_delta(deltas, 1.0, 1.0) if low_rank else _ours(deltas, name)
+
+
 def _on_parts(kernel: Kernel, *parts: str) -> Kernel:
     """``kernel`` on the tensors whose name contains one of ``parts``, ours elsewhere."""
     return lambda d, n: kernel(d, n) if any(part in n for part in parts) else _ours(d, n)
@@ -275,6 +287,7 @@ VARIANTS: dict[str, Kernel] = {
     **{f"power_sum_r{r:g}": _matrices_only(lambda d, n, r=r: power_sum_delta(d, r)) for r in (0.5, 0.25)},
     **{f"spectral_p{p:g}_o{o:g}": _matrices_only(lambda d, n, p=p, o=o: spectral_delta(d, p, o))
        for p in (0.0, 0.5, 1.0, 2.0, 4.0) for o in (0.25, 1.0)},
+    "spectral_adaptive": adaptive_spectral_delta,
 }
 
 

@@ -220,3 +220,12 @@ def test_the_writer_rule_is_ours_transposed_on_o_and_down_projections_only(varia
     query, up = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"
     torch.testing.assert_close(variants.VARIANTS["tsv_on_q_k"](deltas, query), tsv_delta(deltas))
     torch.testing.assert_close(variants.VARIANTS["tsv_on_q_k"](deltas, up), variants.VARIANTS["ours"](deltas, up))
+
+
+def test_the_adaptive_weighting_tells_low_rank_experts_from_full_rank_ones(variants):
+    name = "model.layers.0.mlp.up_proj.weight"
+    low = _low_rank(3, 16, 20, 2, seed=12)  # rank 2 <= 16 / 4: LoRA-like
+    torch.testing.assert_close(variants.adaptive_spectral_delta(low, name), variants.spectral_delta(low, 1.0, 1.0))
+    full = torch.randn(3, 16, 20, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    full = full + 5 * _low_rank(3, 16, 20, 8, seed=14)  # rank-8 signal above a noise bulk: > 16 / 4
+    torch.testing.assert_close(variants.adaptive_spectral_delta(full, name), variants.VARIANTS["ours"](full, name))
