@@ -123,6 +123,10 @@ def _ours(deltas: torch.Tensor, name: str, **options: Any) -> torch.Tensor:
     return bilateral_delta(deltas, name=name, **options)
 
 
+def _sum(deltas: torch.Tensor, name: str) -> torch.Tensor:
+    return deltas.sum(0)
+
+
 def _tsv(deltas: torch.Tensor, name: str) -> torch.Tensor:
     return tsv_delta(deltas) if is_matrix(deltas, name) else deltas.mean(0)
 
@@ -141,16 +145,6 @@ def _scaled(factor: float) -> Kernel:
 
 def _geometric(power: float, input_exponent: float = 0.5) -> Kernel:
     return lambda d, n: geometric_delta(d, power, input_exponent) if is_matrix(d, n) else _ours(d, n)
-
-
-def _sum_on(*parts: str) -> Kernel:
-    """Task arithmetic on the tensors whose name contains one of ``parts``, ours elsewhere."""
-    return lambda d, n: d.sum(0) if any(part in n for part in parts) else _ours(d, n)
-
-
-def _tsv_on(part: str) -> Kernel:
-    """TSV on the tensors whose name contains ``part``, ours elsewhere (where does TSV gain?)."""
-    return lambda d, n: _tsv(d, n) if part in n else _ours(d, n)
 
 
 def signal_rank(spectrum: torch.Tensor, out_dim: int, in_dim: int) -> int:
@@ -223,11 +217,6 @@ def with_spectrum(merged: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
 WRITERS = (".o_proj.", ".down_proj.")  # the projections that write into the residual stream
 
 
-def _on_writers(kernel: Kernel) -> Kernel:
-    """``kernel`` on the residual-stream writers, ours on everything else."""
-    return lambda d, n: kernel(d, n) if is_matrix(d, n) and any(w in n for w in WRITERS) else _ours(d, n)
-
-
 def _transposed(d: torch.Tensor, n: str) -> torch.Tensor:
     """Ours on the transposed task matrices: its input side becomes the output side (weight 1)
     and the output side the input side (weight ``o``)."""
@@ -246,7 +235,8 @@ def adaptive_spectral_delta(deltas: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _on_parts(kernel: Kernel, *parts: str) -> Kernel:
-    """``kernel`` on the tensors whose name contains one of ``parts``, ours elsewhere."""
+    """``kernel`` on the tensors whose name contains one of ``parts``, ours elsewhere (where does a
+    rule gain or lose?)."""
     return lambda d, n: kernel(d, n) if any(part in n for part in parts) else _ours(d, n)
 
 
@@ -260,30 +250,30 @@ def _blend(share: float) -> Kernel:
 
 
 VARIANTS: dict[str, Kernel] = {
-    "task_arithmetic": lambda d, n: d.sum(0),
+    "task_arithmetic": _sum,
     "tsv": _tsv,
     "ours": _ours,
     "ours_o1": lambda d, n: _ours(d, n, output_weight=1.0),
     "ours_energy": _energy,
     "ours_x0.8": _scaled(0.8),
     "ours_x0.6": _scaled(0.6),
-    "q_proj_sum": _sum_on(".q_proj."),
+    "q_proj_sum": _on_parts(_sum, ".q_proj."),
     "mean_ours_tsv": lambda d, n: 0.5 * (_ours(d, n) + _tsv(d, n)),
     **{f"geometric_p{p:g}": _geometric(p) for p in (0.0, 0.5, 1.0, 2.0)},
     **{f"geometric_p{p:g}_in{e:g}": _geometric(p, e) for p, e in ((1.0, 0.75), (1.0, 0.25), (0.5, 0.25),
                                                                    (0.5, 0.4), (0.5, 0.6))},
-    **{f"tsv_on_{proj}": _tsv_on(f".{proj}.") for proj in mq.LORA_TARGETS},
-    **{f"sum_on_{proj}": _sum_on(f".{proj}.") for proj in mq.LORA_TARGETS if proj != "q_proj"},
-    "sum_on_q_k": _sum_on(".q_proj.", ".k_proj."),
-    "sum_on_mlp": _sum_on(".gate_proj.", ".up_proj.", ".down_proj."),
-    **{f"tsv_on_layer{i}": _tsv_on(f"layers.{i}.") for i in range(4)},
+    **{f"tsv_on_{proj}": _on_parts(_tsv, f".{proj}.") for proj in mq.LORA_TARGETS},
+    **{f"sum_on_{proj}": _on_parts(_sum, f".{proj}.") for proj in mq.LORA_TARGETS if proj != "q_proj"},
+    "sum_on_q_k": _on_parts(_sum, ".q_proj.", ".k_proj."),
+    "sum_on_mlp": _on_parts(_sum, ".gate_proj.", ".up_proj.", ".down_proj."),
+    **{f"tsv_on_layer{i}": _on_parts(_tsv, f"layers.{i}.") for i in range(4)},
     **{f"ours{a:g}_tsv": _blend(a) for a in (0.25, 0.75)},
     "tsv_on_q_k": _on_parts(_tsv, ".q_proj.", ".k_proj."),
     **{f"geometric_p{p:g}_on_q_k": _on_parts(_geometric(p), ".q_proj.", ".k_proj.") for p in (1.0, 2.0)},
-    "writers_transposed": _on_writers(_transposed),
-    "writers_tsv": _on_writers(_tsv),
+    "writers_transposed": _on_parts(_matrices_only(_transposed), *WRITERS),
+    "writers_tsv": _on_parts(_tsv, *WRITERS),
     "ours_tsv_spectrum": _matrices_only(lambda d, n: with_spectrum(_ours(d, n), tsv_spectrum(d))),
-    "ta_tsv_spectrum": _matrices_only(lambda d, n: with_spectrum(d.sum(0), tsv_spectrum(d))),
+    "ta_tsv_spectrum": _matrices_only(lambda d, n: with_spectrum(_sum(d, n), tsv_spectrum(d))),
     **{f"power_sum_r{r:g}": _matrices_only(lambda d, n, r=r: power_sum_delta(d, r)) for r in (0.5, 0.25)},
     **{f"spectral_p{p:g}_o{o:g}": _matrices_only(lambda d, n, p=p, o=o: spectral_delta(d, p, o))
        for p in (0.0, 0.5, 1.0, 2.0, 4.0) for o in (0.25, 1.0)},
