@@ -149,12 +149,15 @@ def _methods() -> tuple[Method, ...]:
     # weight, no per-expert normalisation) as an ablation.
     exact = _catalogue_method(OURS_EXACT, OURS, {"solver": "exact"}) if ours else None
     symmetric = _catalogue_method(OURS_SYMMETRIC, OURS, {"output_weight": 1.0, "normalize": False}) if ours else None
-    return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric) if m is not None)
+    # The option for LoRA experts: each signal direction weighted by sigma / sigma_1.
+    signal = _catalogue_method(OURS_SIGNAL, OURS, {"weighting": "signal", "output_weight": 0.5}) if ours else None
+    return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric, signal) if m is not None)
 
 
 OURS = "bilateral_consensus"
 OURS_EXACT = "bilateral_consensus_exact"
 OURS_SYMMETRIC = "bilateral_consensus_symmetric"
+OURS_SIGNAL = "bilateral_consensus_signal"
 RIVALS = ("task_arithmetic", "ties", "dare_ties", "tsv", "iso_cts", "wudi")
 METHODS: tuple[Method, ...] = _methods()
 
@@ -478,6 +481,23 @@ def _gap_stats(gaps: list[float]) -> dict[str, Any]:
             "n_pairs": len(gaps), "wins": sum(g > 0 for g in gaps), "losses": sum(g < 0 for g in gaps)}
 
 
+def _paired_with_rivals(runs: list[dict[str, Any]], summary: dict[str, Any], label: str) -> dict[str, Any]:
+    """Paired over seeds and tasks: ``label`` minus the best rival (chosen by its mean), and
+    minus task arithmetic with the per-seed gaps."""
+    out: dict[str, Any] = {}
+    rivals = [m for m in RIVALS if m in summary]
+    if rivals:
+        best = max(rivals, key=lambda m: summary[m]["mean"])
+        out["_paired_vs_best_rival"] = {"rival": best, "rivals": rivals, **_gap_stats(_paired(runs, label, best))}
+    if "task_arithmetic" in summary:
+        out["_paired_vs_task_arithmetic"] = {
+            **_gap_stats(_paired(runs, label, "task_arithmetic")),
+            "per_seed": [a - b for a, b in zip(summary[label]["per_seed"], summary["task_arithmetic"]["per_seed"],
+                                                strict=True)],
+        }
+    return out
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean +- std over seeds of the per-run mean normalised accuracy, and paired gaps."""
     labels = list(runs[0]["methods"])
@@ -493,19 +513,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "n_seeds": len(per_seed),
             "merge_seconds_median": statistics.median(times),
         }
+    # The signal-weighting option against the same rivals, beside the default (keys "_signal_...").
+    if OURS_SIGNAL in summary:
+        summary.update({f"_signal{key.removeprefix('_paired')}": value
+                        for key, value in _paired_with_rivals(runs, summary, OURS_SIGNAL).items()})
     if OURS not in summary:
         return summary
-    # Paired over seeds and tasks: ours minus the best rival (chosen by its mean).
-    rivals = [m for m in RIVALS if m in summary]
-    if rivals:
-        best = max(rivals, key=lambda m: summary[m]["mean"])
-        summary["_paired_vs_best_rival"] = {"rival": best, "rivals": rivals, **_gap_stats(_paired(runs, OURS, best))}
-    if "task_arithmetic" in summary:
-        summary["_paired_vs_task_arithmetic"] = {
-            **_gap_stats(_paired(runs, OURS, "task_arithmetic")),
-            "per_seed": [a - b for a, b in zip(summary[OURS]["per_seed"], summary["task_arithmetic"]["per_seed"],
-                                                strict=True)],
-        }
+    summary.update(_paired_with_rivals(runs, summary, OURS))
     if OURS_EXACT in summary:
         summary["_paired_vs_exact"] = _gap_stats(_paired(runs, OURS, OURS_EXACT))
     if "ties" in summary:
@@ -630,6 +644,16 @@ def regime_markdown(result: dict[str, Any], plot_name: str) -> str:
             f"{t:.2f}×" if t is not None else "–",
         ]
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    signal_rows = [(setting, summ["_signal_vs_best_rival"], summ.get("_signal_vs_task_arithmetic"))
+                   for setting, summ in _order(result)[1].items() if "_signal_vs_best_rival" in summ]
+    if signal_rows:
+        lines += ["", f"The same for `{OURS_SIGNAL}` (`weighting: signal`, the option for LoRA experts):", "",
+                  "| setting | best rival | signal − rival | wins / losses | per seed vs task_arithmetic |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {setting} | {p['rival']} | {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} | "
+                  f"{p['wins']} / {p['losses']} | "
+                  + (", ".join(f"{g:+.1f}" for g in q["per_seed"]) if q else "–") + " |"
+                  for setting, p, q in signal_rows]
     lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets(result)]
     lines += ["", f"![merge quality, {name}]({plot_name})", "", end]
@@ -897,6 +921,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m.label}={summ[m.label]['mean']:.1f}±{summ[m.label]['std']:.1f}" for m in methods))
             if p := summ.get("_paired_vs_best_rival"):
                 log(f"  ours - {p['rival']}: {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} (paired, n={p['n_pairs']})")
+            if p := summ.get("_signal_vs_best_rival"):
+                log(f"  signal - {p['rival']}: {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} (paired, n={p['n_pairs']})")
     # The docs and the plots of the regimes this run measured; the other regimes' blocks stay.
     fresh = {}
     for regime_name, result in results.items():

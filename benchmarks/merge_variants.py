@@ -40,6 +40,8 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
   projections that write into the residual stream (``o_proj``, ``down_proj``), ours elsewhere;
   ``ours0.25_tsv`` / ``ours0.75_tsv``: weighted means of ours and TSV; ``tsv_on_q_k`` /
   ``geometric_p<p>_on_q_k``: TSV or the geometric form on the query and key projections only.
+* ``signal_o<o>``: the catalogue's ``weighting: signal`` at output weight ``o`` (``spectral_p1_o<o>``
+  with each expert's below-threshold remainder averaged over the experts, not dropped).
 
 Every row is a check, never a published block: results go to benchmarks/results/checks/.
 
@@ -65,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import merge_quality as mq
 
 from mergepipe.core.tensor_names import is_vocabulary_tensor
-from mergepipe.merge.methods.bilateral import bilateral_delta, expert_weights, solve_sylvester
+from mergepipe.merge.methods.bilateral import bilateral_delta, expert_weights, signal_rank, solve_sylvester
 from mergepipe.merge.methods.tsv import tsv_delta
 from mergepipe.zoo.skills import SKILLS
 
@@ -145,16 +147,6 @@ def _scaled(factor: float) -> Kernel:
 
 def _geometric(power: float, input_exponent: float = 0.5) -> Kernel:
     return lambda d, n: geometric_delta(d, power, input_exponent) if is_matrix(d, n) else _ours(d, n)
-
-
-def signal_rank(spectrum: torch.Tensor, out_dim: int, in_dim: int) -> int:
-    """How many singular values of one task matrix stand above its noise bulk: the Gavish-Donoho
-    hard threshold for unknown noise, ``omega(beta) * median`` (Gavish & Donoho 2014, eq. 5's
-    cubic fit), and never below 1e-6 of the largest (a LoRA expert's numerically zero tail)."""
-    beta = min(out_dim, in_dim) / max(out_dim, in_dim)
-    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
-    threshold = max(omega * float(spectrum.median()), 1e-6 * float(spectrum[0]))
-    return int((spectrum > threshold).sum())
 
 
 def spectral_delta(deltas: torch.Tensor, power: float, output_weight: float = 0.25) -> torch.Tensor:
@@ -278,6 +270,7 @@ VARIANTS: dict[str, Kernel] = {
     **{f"spectral_p{p:g}_o{o:g}": _matrices_only(lambda d, n, p=p, o=o: spectral_delta(d, p, o))
        for p in (0.0, 0.5, 1.0, 2.0, 4.0) for o in (0.25, 1.0)},
     "spectral_adaptive": adaptive_spectral_delta,
+    **{f"signal_o{o:g}": lambda d, n, o=o: _ours(d, n, weighting="signal", output_weight=o) for o in (0.25, 0.5, 1.0)},
 }
 
 

@@ -51,6 +51,7 @@ def test_registered_once_and_catalogued():
     info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
     assert info["description"] and info["defaults"] == {
         "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True, "background": 0.0,
+        "weighting": "energy",
     }
 
 
@@ -309,6 +310,10 @@ def test_options_are_checked():
         Options(output_weight=-0.5)
     with pytest.raises(ValueError, match="background must be a finite number >= 0"):
         Options(background=float("nan"))
+    with pytest.raises(ValueError, match="weighting must be one of energy, signal, got 'flat'"):
+        Options(weighting="flat")
+    with pytest.raises(ValueError, match="background applies to weighting: energy only"):
+        Options(weighting="signal", background=1.0)
 
 
 # ---------------------------------------------------------------- output weight and normalisation
@@ -481,3 +486,99 @@ def test_background_is_scale_free_down_to_tiny_task_vectors():
     tiny = bilateral_delta(deltas * 1e-12, rank=16, background=1.0, normalize=False)
     assert torch.isfinite(tiny).all()
     assert _rel(tiny / 1e-12, merged) < 1e-4
+
+
+# ---------------------------------------------------------------- weighting: signal
+
+
+def _low_rank_experts(k: int, out_dim: int, in_dim: int, rank: int, seed: int, noise: float = 0.0) -> torch.Tensor:
+    """LoRA-like task vectors (B A of the given rank), plus i.i.d. noise of std ``noise``
+    (what bf16 storage of a materialised adapter adds)."""
+    gen = torch.Generator().manual_seed(seed)
+    stack = [torch.randn(out_dim, rank, generator=gen) @ torch.randn(rank, in_dim, generator=gen) / rank
+             for _ in range(k)]
+    return torch.stack(stack) + noise * torch.randn(k, out_dim, in_dim, generator=gen)
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (300, 1000), (1000, 300)])
+def test_signal_rank_finds_the_adapter_rank_under_noise_from_the_spectrum_or_its_tail(shape):
+    from mergepipe.merge.methods.bilateral import signal_rank
+
+    out_dim, in_dim = shape
+    delta = _low_rank_experts(1, out_dim, in_dim, 8, seed=31, noise=2e-3)[0].double()
+    spectrum = torch.linalg.svdvals(delta)
+    assert signal_rank(spectrum, out_dim, in_dim) == 8
+    for kept in (12, 40):  # a factor of the leading values and the energy it leaves out
+        left_out = float(spectrum.square().sum() - spectrum[:kept].square().sum())
+        assert signal_rank(spectrum[:kept], out_dim, in_dim, left_out) == 8, kept
+    exact = _low_rank_experts(1, out_dim, in_dim, 8, seed=32)[0].double()
+    assert signal_rank(torch.linalg.svdvals(exact), out_dim, in_dim) == 8  # a zero bulk: the 1e-6 floor
+    noise = torch.randn(out_dim, in_dim, generator=torch.Generator().manual_seed(33), dtype=torch.float64)
+    assert signal_rank(torch.linalg.svdvals(noise), out_dim, in_dim) <= 2  # pure noise: (almost) nothing
+    assert signal_rank(torch.zeros(5), out_dim, in_dim) == 0
+
+
+def test_signal_weighting_is_the_minimiser_of_its_objective():
+    """Exactly low-rank experts (every direction is signal): the merge minimises
+    sum_i ||(M - tau_i) R_i F_i^1/2||^2 + o ||F_i^1/2 L_i^T (M - tau_i)||^2, F_i = S_i / s_i1,
+    checked against a dense Kronecker solve of its normal equations."""
+    deltas = _low_rank_experts(3, 12, 9, 2, seed=34).double() * torch.tensor([1.0, 4.0, 0.3]).double()[:, None, None]
+    output_weight = 0.5
+    out_dim, in_dim = deltas.shape[1:]
+    lhs = torch.zeros(out_dim * in_dim, out_dim * in_dim, dtype=torch.float64)
+    rhs = torch.zeros(out_dim * in_dim, dtype=torch.float64)
+    for t in deltas:
+        u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        u, s, vh = u[:, :2], s[:2], vh[:2]
+        g = (vh.T * (s / s[0])) @ vh
+        h = (u * (s / s[0])) @ u.T
+        op = torch.kron(torch.eye(out_dim, dtype=torch.float64), g.T.contiguous()) + output_weight * torch.kron(
+            h, torch.eye(in_dim, dtype=torch.float64))
+        lhs += op
+        rhs += op @ t.reshape(-1)
+    # The normal equations are singular where no expert acts on either side: the minimum-norm
+    # solution, which is zero there, as the merge is.
+    reference = (torch.linalg.pinv(lhs, hermitian=True) @ rhs).reshape(out_dim, in_dim)
+    for solver in ("exact", "lowrank"):
+        merged = bilateral_delta(deltas, solver=solver, weighting="signal", output_weight=output_weight)
+        assert _rel(merged, reference) < 1e-6, solver
+    assert _rel(bilateral_delta(deltas, solver="exact"), reference) > 1e-2  # the energy weighting differs
+
+
+@pytest.mark.parametrize("solver", ["exact", "lowrank"])
+def test_signal_weighting_keeps_the_sanity_properties(solver):
+    # Identical noisy experts (a full-rank bulk under the signal): the expert, bulk included.
+    noisy = _low_rank_experts(1, 200, 300, 6, seed=35, noise=1e-2)[0]
+    torch.testing.assert_close(bilateral_delta(noisy[None].repeat(3, 1, 1), solver=solver, rank=16,
+                                               weighting="signal"), noisy, atol=1e-5, rtol=1e-4)
+    # Exactly low-rank experts on orthogonal inputs and outputs, of very different sizes: the sum.
+    gen = torch.Generator().manual_seed(36)
+    u, _ = torch.linalg.qr(torch.randn(200, 8, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(300, 8, generator=gen))
+    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
+    b = 50.0 * u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:].T
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, b]), solver=solver, rank=16, weighting="signal"),
+                               a + b, atol=1e-4, rtol=1e-4)
+    # A shared component on its own subspace is counted once, each own part added.
+    shared, own = u[:, :2] @ v[:, :2].T, [u[:, 2 + 2 * i : 4 + 2 * i] @ v[:, 2 + 2 * i : 4 + 2 * i].T for i in range(3)]
+    merged = bilateral_delta(torch.stack([shared + o for o in own]), solver=solver, rank=16, weighting="signal")
+    torch.testing.assert_close(merged, shared + sum(own), atol=1e-5, rtol=1e-4)
+
+
+def test_signal_weighting_lowrank_matches_exact_on_noisy_adapters():
+    """Rank-16 adapters with a noise bulk on a 1024 x 768 matrix (low-rank solver, truncated
+    factors whose threshold comes from the energy they leave out): within 1 % of exact."""
+    deltas = _low_rank_experts(4, 1024, 768, 16, seed=37, noise=1e-3)
+    assert not uses_exact_solver(4, 1024, 768, 256)
+    exact = bilateral_delta(deltas, solver="exact", weighting="signal")
+    assert _rel(bilateral_delta(deltas, weighting="signal"), exact) < 0.01
+
+
+def test_signal_weighting_by_name_in_a_merge(family):
+    base, experts = family
+    merged = _merge(base, experts, parameters={"weighting": "signal", "output_weight": 0.5})
+    name = "model.layers.0.self_attn.q_proj.weight"
+    deltas = torch.stack([e[name].float() - base[name].float() for e in experts])
+    expected = base[name].float() + bilateral_delta(deltas, name=name, weighting="signal", output_weight=0.5)
+    torch.testing.assert_close(merged[name].float(), expected, atol=1e-5, rtol=1e-4)
+    assert _rel(merged[name].float(), _merge(base, experts)[name].float()) > 1e-4

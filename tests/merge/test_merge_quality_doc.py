@@ -87,3 +87,33 @@ def test_the_rank_8_setting_is_the_lora_recipe_at_rank_8(merge_quality) -> None:
     assert lora8.key() != lora.key() and "r8_a16" in lora8.key()  # its own expert cache
     assert lora8.informative and lora8.shape == lora.shape
     assert mq.SETTINGS.index("lora8") == mq.SETTINGS.index("lora") + 1 and "lora8" in mq.REGIME_ORDER
+
+
+def _run(seed: int, scores: dict[str, tuple[float, float]]) -> dict:
+    skills = ("inc", "next")
+    return {"seed": seed, "skills": list(skills), "methods": {
+        label: {"normalised": dict(zip(skills, pair)), "mean_normalised": sum(pair) / 2, "merge_seconds": 0.1}
+        for label, pair in scores.items()}}
+
+
+def test_the_signal_option_is_paired_with_the_same_rivals_as_the_default(merge_quality) -> None:
+    mq = merge_quality
+    runs = [
+        _run(0, {"task_arithmetic": (0.5, 0.7), "tsv": (0.6, 0.8), mq.OURS: (0.7, 0.8), mq.OURS_SIGNAL: (0.9, 0.9)}),
+        _run(1, {"task_arithmetic": (0.4, 0.6), "tsv": (0.7, 0.7), mq.OURS: (0.6, 0.6), mq.OURS_SIGNAL: (0.5, 0.6)}),
+    ]
+    summary = mq.summarise(runs)
+    ours, signal = summary["_paired_vs_best_rival"], summary["_signal_vs_best_rival"]
+    assert ours["rival"] == signal["rival"] == "tsv"
+    assert abs(ours["mean_gap"] - (10 + 0 - 10 - 10) / 4) < 1e-9
+    assert abs(signal["mean_gap"] - (30 + 10 - 20 - 10) / 4) < 1e-9 and (signal["wins"], signal["losses"]) == (2, 2)
+    assert [round(g, 6) for g in summary["_signal_vs_task_arithmetic"]["per_seed"]] == [30.0, 5.0]
+    result = {"regime": {"name": "lora8", "described": "LoRA rank 8", "informative": True, "rival_margin": 3.0},
+              "base_digest": "abc", "seeds": [0, 1], "timing_setting": "lora8 K=2",
+              "method_order": list(runs[0]["methods"]), "setting_order": ["lora8 K=2"],
+              "methods": {label: {"parameters": "p"} for label in runs[0]["methods"]},
+              "settings": {"lora8 K=2": summary},
+              "runs": {"lora8 K=2": [{**r, "expert_accuracy": {"inc": 1.0, "next": 1.0}} for r in runs]}}
+    text = mq.regime_markdown(result, "plot.png")
+    assert f"The same for `{mq.OURS_SIGNAL}`" in text
+    assert "| lora8 K=2 | tsv | +2.5 ± " in text and "+30.0, +5.0" in text

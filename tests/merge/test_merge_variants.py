@@ -229,3 +229,12 @@ def test_the_adaptive_weighting_tells_low_rank_experts_from_full_rank_ones(varia
     full = torch.randn(3, 16, 20, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
     full = full + 5 * _low_rank(3, 16, 20, 8, seed=14)  # rank-8 signal above a noise bulk: > 16 / 4
     torch.testing.assert_close(variants.adaptive_spectral_delta(full, name), variants.VARIANTS["ours"](full, name))
+
+
+@pytest.mark.parametrize("output_weight", [0.25, 1.0])
+def test_the_catalogue_signal_weighting_is_the_spectral_variant_on_low_rank_experts(variants, output_weight):
+    """Exactly low-rank experts have no noise bulk to average: ``weighting: signal`` is ``spectral_p1``."""
+    deltas = _low_rank(3, 40, 30, 4, seed=8)
+    torch.testing.assert_close(
+        variants.VARIANTS[f"signal_o{output_weight:g}"](deltas, "model.layers.0.mlp.up_proj.weight"),
+        variants.spectral_delta(deltas, 1.0, output_weight), rtol=1e-6, atol=1e-6)

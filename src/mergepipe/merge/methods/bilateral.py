@@ -63,10 +63,12 @@ METHOD_NAME = "bilateral_consensus"
 
 Solver = Literal["lowrank", "exact"]
 SOLVERS: tuple[str, ...] = ("lowrank", "exact")
+Weighting = Literal["energy", "signal"]
+WEIGHTINGS: tuple[str, ...] = ("energy", "signal")
 
 DEFAULTS: dict[str, float | int | str | bool] = {
     "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True,
-    "background": 0.0,
+    "background": 0.0, "weighting": "energy",
 }
 
 # Oversampling of the randomized range finder (Halko, Martinsson & Tropp 2011, sec. 4.2: 5-10
@@ -183,6 +185,92 @@ def solve_sylvester(gram_out: torch.Tensor, gram_in: torch.Tensor, rhs: torch.Te
     return p @ solved @ q.T
 
 
+def _bottom_energy_share(beta: float, fraction: float, points: int = 4096) -> float:
+    """The share of a pure-noise matrix's energy held by its smallest ``fraction`` of squared
+    singular values, under the Marchenko-Pastur law with aspect ratio ``beta`` <= 1 (numerical
+    quadrature on its support)."""
+    if fraction <= 0.0:
+        return 0.0
+    if fraction >= 1.0:
+        return 1.0
+    low, high = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
+    grid = torch.linspace(low, high, points + 1, dtype=torch.float64)
+    mid = (grid[1:] + grid[:-1]) / 2
+    density = torch.sqrt(((high - mid) * (mid - low)).clamp_min(0)) / (2 * math.pi * beta * mid)
+    count = torch.cumsum(density, 0)
+    energy = torch.cumsum(density * mid, 0)
+    below = int(torch.searchsorted(count / count[-1], torch.tensor(fraction, dtype=torch.float64)))
+    return float(energy[min(below, points - 1)] / energy[-1])
+
+
+def signal_rank(spectrum: torch.Tensor, out_dim: int, in_dim: int, tail_energy: float | None = None) -> int:
+    """How many leading singular values of one task matrix stand above its noise bulk.
+
+    The Gavish-Donoho hard threshold (Gavish & Donoho 2014): with the whole spectrum, for an
+    unknown noise level, ``omega(beta) * median`` (their eq. 5's cubic fit of ``omega``); with
+    only the leading values (a low-rank factor) and the energy ``tail_energy`` the factor leaves
+    out, the noise's per-element variance is estimated from that energy and the threshold is
+    ``lambda*(beta) * sqrt(larger side) * noise std`` (their known-noise threshold). Never
+    below 1e-6 of the largest value: an exactly low-rank delta (a LoRA adapter) keeps its rank.
+    ``spectrum`` is sorted in descending order."""
+    if spectrum.numel() == 0 or float(spectrum[0]) <= 0.0:
+        return 0
+    smaller, larger = min(out_dim, in_dim), max(out_dim, in_dim)
+    beta = smaller / larger
+    if tail_energy is None:
+        omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+        threshold = omega * float(spectrum.median())
+    else:
+        # The factor holds the largest values, noise ones included: the energy it leaves out is
+        # the bottom of the noise bulk, whose share of the bulk's energy the Marchenko-Pastur law gives.
+        share = _bottom_energy_share(beta, (smaller - spectrum.numel()) / smaller)
+        noise_variance = max(tail_energy, 0.0) / (share * smaller * larger) if share > 0 else 0.0
+        optimal = math.sqrt(2 * (beta + 1) + 8 * beta / (beta + 1 + math.sqrt(beta**2 + 14 * beta + 1)))
+        threshold = optimal * math.sqrt(larger * noise_variance)
+    threshold = max(threshold, 1e-6 * float(spectrum[0]))
+    return int((spectrum > threshold).sum())
+
+
+Factor = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (left [out, r], singular values [r], right [in, r])
+
+
+def _solve_signal(factors: list[Factor], out_dim: int, in_dim: int, output_weight: float, eps: float,
+                  like: torch.Tensor) -> torch.Tensor:
+    """The bilateral minimiser with ``weighting: signal``, in float64, from each expert's signal
+    factors: ``H = o sum_i L_i F_i L_i^T``, ``G = sum_i R_i F_i R_i^T``,
+    ``C = (1 + o) sum_i L_i S_i F_i R_i^T`` with ``F_i = S_i / s_i1`` (each signal direction
+    weighted by its singular value relative to the expert's largest: scale-free, as ``normalize``
+    is for the energy weighting)."""
+    gram_in = like.new_zeros(in_dim, in_dim, dtype=torch.float64)
+    gram_out = like.new_zeros(out_dim, out_dim, dtype=torch.float64)
+    rhs = like.new_zeros(out_dim, in_dim, dtype=torch.float64)
+    for left, s, right in factors:
+        if s.numel() == 0:
+            continue
+        weight = s / s[0]
+        gram_in += (right * weight) @ right.T
+        gram_out += output_weight * ((left * weight) @ left.T)
+        rhs += (left * (s * weight)) @ right.T
+    return solve_sylvester(gram_out, gram_in, (1.0 + output_weight) * rhs, eps)
+
+
+def _signal_exact(deltas: torch.Tensor, eps: float, output_weight: float) -> torch.Tensor:
+    """``weighting: signal`` with full SVDs: each expert's directions above its Gavish-Donoho
+    threshold enter the objective, weighted by ``sigma / sigma_1``; what lies below (its noise
+    bulk) is averaged over the experts, as the low-rank solver averages what its factors leave
+    out, so identical experts still return the expert."""
+    x = deltas.double()
+    factors: list[Factor] = []
+    below = torch.zeros_like(x[0])
+    for t in x:
+        u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        kept = signal_rank(s, *t.shape)
+        factors.append((u[:, :kept], s[:kept], vh[:kept].T))
+        below += t - (u[:, :kept] * s[:kept]) @ vh[:kept]
+    merged = _solve_signal(factors, x.shape[1], x.shape[2], output_weight, eps, x) + below / x.shape[0]
+    return merged.to(deltas.dtype)
+
+
 @contextmanager
 def _one_cpu_thread(like: torch.Tensor) -> Iterator[None]:
     """Thin QRs and small SVDs / eigendecompositions on one CPU thread.
@@ -250,7 +338,7 @@ def uses_exact_solver(k: int, out_dim: int, in_dim: int, rank: int) -> bool:
 
 
 def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weight: float,
-                       weights: torch.Tensor, background: float = 0.0) -> torch.Tensor:
+                       weights: torch.Tensor, background: float = 0.0, weighting: str = "energy") -> torch.Tensor:
     """The bilateral minimiser restricted to the experts' joint subspaces, for [K, out, in].
 
     Every task vector is factored to rank ``ceil(rank / K)`` (in full when its smaller side is at
@@ -264,6 +352,10 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     background, as the exact solution weighs them where no expert's Gram matrix acts). Cost
     O(out * in * rank) in float32 matrix products plus O(rank^3) in float64
     (O(K * out * in * smaller) and O((K * smaller)^3) for a narrow matrix).
+
+    With ``weighting: signal`` each factor is cut to the expert's signal directions
+    (``signal_rank`` from the factor's values and the energy it leaves out) before the joint
+    bases are taken, and the rest of each task vector joins the averaged tail.
     """
     k, out_dim, in_dim = deltas.shape
     x = deltas.float() if deltas.dtype != torch.float64 else deltas
@@ -278,8 +370,17 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     # the float32 accumulation neither underflows for tiny task vectors nor overflows.
     unit = max(float(torch.linalg.vector_norm(t)) for t in x) if background else 1.0
     top_weight = max(float(weights.max()), 0.0)
+    signal = weighting == "signal"
     for weight, t in zip(weights.tolist(), x):
         left, s, right = _factor(t, share, omega)
+        if signal:
+            # A complete factor has the whole spectrum (the threshold's median form), else the
+            # noise level comes from the energy the factor leaves out.
+            complete = share >= min(out_dim, in_dim)
+            energy = torch.linalg.vector_norm(t).double().square()
+            left_out = None if complete else float(energy - s.double().square().sum())
+            kept = signal_rank(s, out_dim, in_dim, left_out)
+            left, s, right = left[:, :kept], s[:kept], right[:, :kept]
         lefts.append(left)
         spectra.append(s)
         rights.append(right)
@@ -293,12 +394,21 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     with _one_cpu_thread(x):
         u, _ = torch.linalg.qr(torch.cat(lefts, 1))
         v, _ = torch.linalg.qr(torch.cat(rights, 1))
+    averaged_tail = tail / max(sum(tail_weights), _tiny(tail))
+    if signal:
+        if u.shape[1] == 0 or v.shape[1] == 0:  # no expert has a direction above its noise bulk
+            return averaged_tail.to(deltas.dtype)
+        projected = [((u.T @ left).double(), s.double(), (v.T @ right).double())
+                     for left, s, right in zip(lefts, spectra, rights)]
+        with _one_cpu_thread(x):
+            solved = _solve_signal(projected, u.shape[1], v.shape[1], output_weight, eps, x).to(x)
+        return ((u @ solved) @ v.T + averaged_tail).to(deltas.dtype)
     small = torch.stack([
         ((u.T @ left).double() * s) @ (right.T @ v).double() for left, s, right in zip(lefts, spectra, rights)
     ])
     with _one_cpu_thread(x):
         solved = _bilateral_exact(small, eps, output_weight, weights, background / in_dim).to(x)
-    return ((u @ solved) @ v.T + tail / max(sum(tail_weights), _tiny(tail))).to(deltas.dtype)
+    return ((u @ solved) @ v.T + averaged_tail).to(deltas.dtype)
 
 
 def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
@@ -308,9 +418,12 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
     # exact one (uses_exact_solver).
     k, out_dim, in_dim = deltas.shape
     if options.solver == "exact" or uses_exact_solver(k, out_dim, in_dim, options.rank):
+        if options.weighting == "signal":
+            return _signal_exact(deltas, options.eps, options.output_weight)
         return _bilateral_exact(deltas, options.eps, options.output_weight, weights,
                                 options.background / deltas.shape[2])
-    return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights, options.background)
+    return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights, options.background,
+                              options.weighting)
 
 
 def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
@@ -339,10 +452,16 @@ class Options:
     output_weight: float = 0.25
     normalize: bool = True
     background: float = 0.0
+    weighting: str = "energy"
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise ValueError(f"{METHOD_NAME}: solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"{METHOD_NAME}: weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.weighting == "signal" and self.background:
+            raise ValueError(f"{METHOD_NAME}: background applies to weighting: energy only, got background "
+                             f"{self.background!r} with weighting: signal")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"{METHOD_NAME}: rank must be a whole number >= 1, got {self.rank!r}")
         if not math.isfinite(self.output_weight) or self.output_weight < 0:
@@ -399,10 +518,10 @@ def bilateral_delta(
 )
 def bilateral_consensus_merge(
     group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256,
-    output_weight: float = 0.25, normalize: bool = True, background: float = 0.0,
+    output_weight: float = 0.25, normalize: bool = True, background: float = 0.0, weighting: Weighting = "energy",
 ) -> torch.Tensor:
     options = Options(eps=eps, solver=solver, rank=rank, output_weight=output_weight, normalize=normalize,
-                      background=background)
+                      background=background, weighting=weighting)
     return merge_group(group, METHOD_NAME, lambda deltas: bilateral_delta(
         deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, options=options,
     ))
