@@ -123,8 +123,9 @@ DEFAULT_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("wudi", "wudi", {}),
     ("bilateral_consensus", "bilateral_consensus", {}),
     ("bilateral_consensus[exact]", "bilateral_consensus", {"solver": "exact"}),
+    ("bilateral_consensus[signal]", "bilateral_consensus", {"weighting": "signal", "output_weight": 0.5}),
 )
-ALIASES = {"exact": "bilateral_consensus[exact]"}
+ALIASES = {"exact": "bilateral_consensus[exact]", "signal": "bilateral_consensus[signal]"}
 REFERENCE = "ties"
 ITERATION_PARAMETERS = ("iterations", "iters", "num_iterations", "n_iter", "max_iter", "steps",
                         "num_steps", "n_steps", "epochs")
