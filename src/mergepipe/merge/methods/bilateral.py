@@ -36,6 +36,10 @@ alone is added in full, what several learned together is counted once.
   ``solver: exact`` keeps the full eigendecompositions (O(out^3 + in^3)).
 * ``background`` (off by default) adds ``sum_i l_i ||M - tau_i||^2``: an isotropic part of each
   expert's inputs, on which every other expert's delta acts too. It keeps the closed form.
+* ``weighting: signal`` (for LoRA experts) weighs each expert's directions above its noise bulk
+  (the Gavish-Donoho threshold, ``signal_rank``) by ``sigma / sigma_1`` instead of every
+  direction by ``sigma^4 / ||tau||^4``, and averages the bulk over the experts: an adapter's
+  weaker directions keep their say among many adapters; on full fine-tunes ``energy`` is better.
 * Inputs are upcast to at least float32, the small spectral step runs in float64 (Gram matrices
   square the condition number), on whatever device mergekit hands the tensors to.
 
