@@ -277,6 +277,7 @@ def resolve_parameters(
             # A list here is mergekit's own per-layer gradient (or filtered values): passed unchanged.
             shared[p.name] = _check_setting(method, p, value, n_experts, where)
     _check_della(method, shared, per_model, where)
+    _check_bilateral(method, shared, where)
     return shared, per_model
 
 
@@ -355,6 +356,14 @@ def _check_della(method: MethodInfo, shared: dict[str, Any], per_model: dict[str
                 f"{where}.parameters.epsilon: density +- epsilon/2 must stay within [0, 1] "
                 f"(density {density}, epsilon {eps})"
             )
+
+
+def _check_bilateral(method: MethodInfo, shared: dict[str, Any], where: str) -> None:
+    # The background term is defined for the energy weighting only (the method raises at merge
+    # time; this says so before any model is loaded).
+    if shared.get("weighting") == "signal" and shared.get("background", 0.0):
+        raise ConfigError(f"{where}.parameters.background: applies to weighting: energy only, "
+                          f"got {shared['background']!r} with weighting: signal")
 
 
 def check_expert_count(method: MethodInfo, n_experts: int, has_base: bool, where: str) -> None:
