@@ -582,3 +582,11 @@ def test_signal_weighting_by_name_in_a_merge(family):
     expected = base[name].float() + bilateral_delta(deltas, name=name, weighting="signal", output_weight=0.5)
     torch.testing.assert_close(merged[name].float(), expected, atol=1e-5, rtol=1e-4)
     assert _rel(merged[name].float(), _merge(base, experts)[name].float()) > 1e-4
+
+
+def test_signal_weighting_on_a_narrow_matrix_is_exact_from_complete_factors():
+    """1024 x 200 at K = 8 (smaller side within the budget: complete factors, the whole spectrum):
+    the low-rank path, which the signal weighting takes beyond 2 x rank, gives the exact answer."""
+    deltas = _low_rank_experts(8, 1024, 200, 6, seed=38, noise=1e-3)
+    exact = bilateral_delta(deltas, solver="exact", weighting="signal")
+    assert _rel(bilateral_delta(deltas, weighting="signal"), exact) < 1e-5

@@ -421,13 +421,18 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
     # The low-rank solver hands small matrices, and narrow ones where that is faster, to the
     # exact one (uses_exact_solver).
     k, out_dim, in_dim = deltas.shape
-    if options.solver == "exact" or uses_exact_solver(k, out_dim, in_dim, options.rank):
-        if options.weighting == "signal":
+    if options.weighting == "signal":
+        # bilateral_cost's rates are those of the energy weighting's Gram products; this exact
+        # path takes one SVD per expert, so beyond small matrices the low-rank path (exact too
+        # when its factors are complete) is the cheaper one.
+        if options.solver == "exact" or max(out_dim, in_dim) <= 2 * options.rank:
             return _signal_exact(deltas, options.eps, options.output_weight)
+        return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights,
+                                  weighting="signal")
+    if options.solver == "exact" or uses_exact_solver(k, out_dim, in_dim, options.rank):
         return _bilateral_exact(deltas, options.eps, options.output_weight, weights,
                                 options.background / deltas.shape[2])
-    return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights, options.background,
-                              options.weighting)
+    return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights, options.background)
 
 
 def _aligned_sum(rows: torch.Tensor) -> torch.Tensor:
