@@ -40,6 +40,11 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
   projections that write into the residual stream (``o_proj``, ``down_proj``), ours elsewhere;
   ``ours0.25_tsv`` / ``ours0.75_tsv``: weighted means of ours and TSV; ``tsv_on_q_k`` /
   ``geometric_p<p>_on_q_k``: TSV or the geometric form on the query and key projections only.
+* ``interpolation``: ours' input side alone on projectors, ``C G^+`` (``interpolation_delta``);
+  ``product_form``: a mismatch counts only where it reads from an expert's inputs and writes
+  into its outputs (``product_form_delta``, conjugate gradients), ``product_form_bulk`` with each
+  expert's below-threshold remainder averaged over the experts, as ours; ``tsv_x<f>`` / ``signal_x<f>``:
+  TSV and ``signal_o0.5`` scaled by ``f`` (is K = 8 a matter of magnitude?).
 * ``signal_o<o>``: the catalogue's ``weighting: signal`` at output weight ``o`` (``spectral_p1_o<o>``
   with each expert's below-threshold remainder averaged over the experts, not dropped).
 
@@ -206,6 +211,69 @@ def with_spectrum(merged: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
     return ((u * values) @ vh).to(merged.dtype)
 
 
+def _signal_factors(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One expert's signal directions (``signal_rank``): left vectors, singular values, right vectors."""
+    u, s, vh = torch.linalg.svd(t, full_matrices=False)
+    kept = signal_rank(s, *t.shape) if bool(s.any()) else 0
+    return u[:, :kept], s[:kept], vh[:kept].T
+
+
+def interpolation_delta(deltas: torch.Tensor) -> torch.Tensor:
+    """The least-squares ``M`` for ``M P_i = tau_i P_i`` (``P_i``: projector on expert i's signal
+    row space), of least norm: ``C G^+`` with ``G = sum_i P_i``, ``C = sum_i tau_i P_i``. Ours'
+    input side alone. When the experts' row spaces are linearly independent (K LoRA ranks summing
+    to at most the width) every expert is matched exactly on its own inputs, whatever the weights."""
+    x, g_in, _, rhs = _accumulators(deltas)
+    for t in x:
+        _, _, v = _signal_factors(t)
+        projector = v @ v.T
+        g_in += projector
+        rhs += t @ projector
+    return (rhs @ _pseudo_power(g_in, -1.0)).to(deltas.dtype)
+
+
+def product_form_delta(deltas: torch.Tensor, power: float = 1.0, iterations: int = 500,
+                       tolerance: float = 1e-10, bulk: bool = False) -> torch.Tensor:
+    """The least-norm minimiser of ``sum_i ||W_i (M - tau_i) V_i||^2`` with ``W_i = U_i F_i U_i^T``,
+    ``V_i = R_i F_i R_i^T`` on expert i's signal directions, ``F_i = (S_i / s_i1)^power``: only a
+    mismatch that reads from expert i's inputs *and* writes into its outputs counts, so another
+    expert's delta that writes elsewhere is added in full. No closed form (a sum of K Kronecker
+    products): conjugate gradients on ``L(M) = sum_i W_i M V_i``, started at 0 (least norm).
+    With ``bulk``, each expert's below-threshold remainder is averaged over the experts and added,
+    as ours does (full fine-tunes keep most of their effect there)."""
+    x = deltas.double()
+    sides = []
+    below = torch.zeros_like(x[0])
+    for t in x:
+        u, s, v = _signal_factors(t)
+        below += t - (u * s) @ v.T
+        if s.numel() == 0:
+            continue
+        weight = (s / s[0]).pow(power)
+        sides.append(((u * weight) @ u.T, (v * weight) @ v.T, t))
+    below = below / x.shape[0] if bulk else torch.zeros_like(below)
+    if not sides:
+        return deltas.sum(0)
+
+    def apply(m: torch.Tensor) -> torch.Tensor:
+        return sum((w @ m @ v for w, v, _ in sides), torch.zeros_like(m))
+
+    rhs = sum((w @ t @ v for w, v, t in sides), torch.zeros_like(x[0]))
+    merged, residual = torch.zeros_like(rhs), rhs.clone()
+    direction, energy = residual.clone(), float(residual.square().sum())
+    target = tolerance**2 * energy
+    for _ in range(iterations):
+        if energy <= target or energy == 0.0:
+            break
+        mapped = apply(direction)
+        step = energy / float((direction * mapped).sum())
+        merged += step * direction
+        residual -= step * mapped
+        previous, energy = energy, float(residual.square().sum())
+        direction = residual + (energy / previous) * direction
+    return (merged + below).to(deltas.dtype)
+
+
 WRITERS = (".o_proj.", ".down_proj.")  # the projections that write into the residual stream
 
 
@@ -271,6 +339,12 @@ VARIANTS: dict[str, Kernel] = {
        for p in (0.0, 0.5, 1.0, 2.0, 4.0) for o in (0.25, 1.0)},
     "spectral_adaptive": adaptive_spectral_delta,
     **{f"signal_o{o:g}": lambda d, n, o=o: _ours(d, n, weighting="signal", output_weight=o) for o in (0.25, 0.5, 1.0)},
+    "interpolation": _matrices_only(lambda d, n: interpolation_delta(d)),
+    "product_form": _matrices_only(lambda d, n: product_form_delta(d)),
+    "product_form_bulk": _matrices_only(lambda d, n: product_form_delta(d, bulk=True)),
+    **{f"tsv_x{f:g}": _matrices_only(lambda d, n, f=f: f * _tsv(d, n)) for f in (0.8, 0.9, 1.1)},
+    **{f"signal_x{f:g}": _matrices_only(lambda d, n, f=f: f * _ours(d, n, weighting="signal", output_weight=0.5))
+       for f in (0.8, 0.9)},
 }
 
 

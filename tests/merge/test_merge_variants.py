@@ -238,3 +238,60 @@ def test_the_catalogue_signal_weighting_is_the_spectral_variant_on_low_rank_expe
     torch.testing.assert_close(
         variants.VARIANTS[f"signal_o{output_weight:g}"](deltas, "model.layers.0.mlp.up_proj.weight"),
         variants.spectral_delta(deltas, 1.0, output_weight), rtol=1e-6, atol=1e-6)
+
+
+def _one_input_many_outputs(n: int) -> torch.Tensor:
+    """n experts that read the same input direction and write to mutually orthogonal outputs."""
+    outputs, inputs = torch.eye(6, dtype=torch.float64), torch.eye(5, dtype=torch.float64)
+    return torch.stack([torch.outer(outputs[i], inputs[0]) for i in range(n)])
+
+
+@pytest.mark.parametrize("kernel", ["interpolation_delta", "product_form_delta"])
+def test_the_interpolation_and_product_form_kernels_keep_the_sanity_properties(variants, kernel):
+    merge = getattr(variants, kernel)
+    t = _low_rank(1, 12, 16, 3, seed=2)
+    torch.testing.assert_close(merge(t), t[0])
+    torch.testing.assert_close(merge(torch.cat([t, t, t])), t[0])
+    blocks = _orthogonal_blocks(3, 3, 12, 16, seed=4)
+    torch.testing.assert_close(merge(blocks), blocks.sum(0))
+
+
+def test_interpolation_matches_every_expert_on_its_own_inputs_when_their_row_spaces_are_independent(variants):
+    deltas = _low_rank(3, 10, 16, 4, seed=15)  # 3 x 4 = 12 <= 16 input dimensions
+    merged = variants.interpolation_delta(deltas)
+    for t in deltas:
+        rows = torch.linalg.svd(t)[2][:4].T
+        torch.testing.assert_close(merged @ rows, t @ rows)
+    assert not torch.allclose(merged, deltas.sum(0))  # task arithmetic's cross-talk is gone
+    # Experts that disagree on one shared input direction get their mean there.
+    shared = _one_input_many_outputs(4)
+    torch.testing.assert_close(variants.interpolation_delta(shared), shared.mean(0))
+
+
+def test_the_product_form_is_stationary_and_adds_what_writes_outside_an_expert_s_outputs(variants):
+    deltas = _low_rank(3, 12, 10, 3, seed=16)  # 9 of 10 input directions: the row spaces overlap
+    merged = variants.product_form_delta(deltas, power=1.0)
+    gradient = torch.zeros_like(merged)
+    for t in deltas:
+        u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        u, s, v = u[:, :3], s[:3] / s[0], vh[:3].T
+        gradient += (u * s) @ u.T @ (merged - t) @ (v * s) @ v.T
+    assert gradient.norm() < 1e-6 * deltas.norm()
+    # Same input, orthogonal outputs: no expert's outputs are disturbed by the others, so the
+    # product form keeps the sum, where ours' Sylvester solve (without its rule for elements
+    # only one expert changed) shrinks it to (1 + o) / (n + o).
+    shared = _one_input_many_outputs(4)
+    torch.testing.assert_close(variants.product_form_delta(shared), shared.sum(0))
+    torch.testing.assert_close(variants.power_sum_delta(shared, 1.0, 0.25), (1.25 / 4.25) * shared.sum(0))
+
+
+def test_the_product_form_drops_the_bulk_unless_told_to_average_it_back(variants):
+    # A low-rank signal plus small full-rank noise: the plain product form keeps the signal
+    # directions only; with ``bulk`` identical experts return the expert again.
+    gen = torch.Generator().manual_seed(7)
+    expert = _low_rank(1, 40, 48, 3, seed=3)[0] + 1e-3 * torch.randn(40, 48, generator=gen, dtype=torch.float64)
+    pair = torch.stack([expert, expert])
+    signal_only = variants.product_form_delta(pair)
+    assert float((signal_only - expert).norm()) > 1e-3
+    assert float((signal_only - expert).norm()) < 0.1 * float(expert.norm())
+    torch.testing.assert_close(variants.product_form_delta(pair, bulk=True), expert)
