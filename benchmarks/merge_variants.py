@@ -154,6 +154,13 @@ def _geometric(power: float, input_exponent: float = 0.5) -> Kernel:
     return lambda d, n: geometric_delta(d, power, input_exponent) if is_matrix(d, n) else _ours(d, n)
 
 
+def _signal_factors(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One expert's signal directions (``signal_rank``): left vectors, singular values, right vectors."""
+    u, s, vh = torch.linalg.svd(t, full_matrices=False)
+    kept = signal_rank(s, *t.shape) if bool(s.any()) else 0
+    return u[:, :kept], s[:kept], vh[:kept].T
+
+
 def spectral_delta(deltas: torch.Tensor, power: float, output_weight: float = 0.25) -> torch.Tensor:
     """Ours' Sylvester equation with each expert's directions weighted by ``(sigma / sigma_1)^power``
     on its signal directions (``signal_rank``) instead of ``sigma^4 / ||tau||^4`` on all of them:
@@ -162,15 +169,13 @@ def spectral_delta(deltas: torch.Tensor, power: float, output_weight: float = 0.
     every signal direction alike, as TSV does. What lies below an expert's threshold is dropped."""
     x, g_in, h_out, rhs = _accumulators(deltas)
     for t in x:
-        u, s, vh = torch.linalg.svd(t, full_matrices=False)
-        kept = signal_rank(s, *t.shape) if bool(s.any()) else 0
-        if kept == 0:  # no direction above the noise bulk: the expert brings nothing here
+        u, s, v = _signal_factors(t)
+        if s.numel() == 0:  # no direction above the noise bulk: the expert brings nothing here
             continue
-        u, s, vh = u[:, :kept], s[:kept], vh[:kept]
         weight = (s / s[0]).pow(power)
-        g_in += (vh.T * weight) @ vh
+        g_in += (v * weight) @ v.T
         h_out += output_weight * (u * weight) @ u.T
-        rhs += (1.0 + output_weight) * (u * (s * weight)) @ vh
+        rhs += (1.0 + output_weight) * (u * (s * weight)) @ v.T
     return solve_sylvester(h_out, g_in, rhs, 1e-12).to(deltas.dtype)
 
 
@@ -211,13 +216,6 @@ def with_spectrum(merged: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
     return ((u * values) @ vh).to(merged.dtype)
 
 
-def _signal_factors(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One expert's signal directions (``signal_rank``): left vectors, singular values, right vectors."""
-    u, s, vh = torch.linalg.svd(t, full_matrices=False)
-    kept = signal_rank(s, *t.shape) if bool(s.any()) else 0
-    return u[:, :kept], s[:kept], vh[:kept].T
-
-
 def interpolation_delta(deltas: torch.Tensor) -> torch.Tensor:
     """The least-squares ``M`` for ``M P_i = tau_i P_i`` (``P_i``: projector on expert i's signal
     row space), of least norm: ``C G^+`` with ``G = sum_i P_i``, ``C = sum_i tau_i P_i``. Ours'
@@ -243,15 +241,15 @@ def product_form_delta(deltas: torch.Tensor, power: float = 1.0, iterations: int
     as ours does (full fine-tunes keep most of their effect there)."""
     x = deltas.double()
     sides = []
-    below = torch.zeros_like(x[0])
+    below = torch.zeros_like(x[0])  # the averaged remainder, added only with ``bulk``
     for t in x:
         u, s, v = _signal_factors(t)
-        below += t - (u * s) @ v.T
+        if bulk:
+            below += (t - (u * s) @ v.T) / x.shape[0]
         if s.numel() == 0:
             continue
         weight = (s / s[0]).pow(power)
         sides.append(((u * weight) @ u.T, (v * weight) @ v.T, t))
-    below = below / x.shape[0] if bulk else torch.zeros_like(below)
     if not sides:
         return deltas.sum(0)
 
