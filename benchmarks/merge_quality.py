@@ -148,16 +148,21 @@ def _methods() -> tuple[Method, ...]:
     # The exact solver beside the default one, and the previous version (output side at full
     # weight, no per-expert normalisation) as an ablation.
     exact = _catalogue_method(OURS_EXACT, OURS, {"solver": "exact"}) if ours else None
-    symmetric = _catalogue_method(OURS_SYMMETRIC, OURS, {"output_weight": 1.0, "normalize": False}) if ours else None
-    # The option for LoRA experts: each signal direction weighted by sigma / sigma_1.
+    symmetric = _catalogue_method(OURS_SYMMETRIC, OURS, {"output_weight": 1.0, "normalize": False,
+                                                         "weighting": "energy"}) if ours else None
+    # The default's two weightings on every matrix: energy (the default before weighting: auto,
+    # what auto takes on full fine-tunes) and signal at output weight 0.5 (each signal direction
+    # weighted by sigma / sigma_1; what auto takes on adapters, at output weight 0.25).
+    energy = _catalogue_method(OURS_ENERGY, OURS, {"weighting": "energy"}) if ours else None
     signal = _catalogue_method(OURS_SIGNAL, OURS, {"weighting": "signal", "output_weight": 0.5}) if ours else None
-    return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric, signal) if m is not None)
+    return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric, energy, signal) if m is not None)
 
 
 OURS = "bilateral_consensus"
 OURS_EXACT = "bilateral_consensus_exact"
 OURS_SYMMETRIC = "bilateral_consensus_symmetric"
 OURS_SIGNAL = "bilateral_consensus_signal"
+OURS_ENERGY = "bilateral_consensus_energy"
 RIVALS = ("task_arithmetic", "ties", "dare_ties", "tsv", "iso_cts", "wudi")
 METHODS: tuple[Method, ...] = _methods()
 
@@ -647,7 +652,7 @@ def regime_markdown(result: dict[str, Any], plot_name: str) -> str:
     signal_rows = [(setting, summ["_signal_vs_best_rival"], summ.get("_signal_vs_task_arithmetic"))
                    for setting, summ in _order(result)[1].items() if "_signal_vs_best_rival" in summ]
     if signal_rows:
-        lines += ["", f"The same for `{OURS_SIGNAL}` (`weighting: signal`, the option for LoRA experts):", "",
+        lines += ["", f"The same for `{OURS_SIGNAL}` (`weighting: signal` on every matrix, at output weight 0.5):", "",
                   "| setting | best rival | signal − rival | wins / losses | per seed vs task_arithmetic |",
                   "|---|---|---|---|---|"]
         lines += [f"| {setting} | {p['rival']} | {p['mean_gap']:+.1f} ± {p['std_gap']:.1f} | "

@@ -5,7 +5,8 @@ It merges the experts of benchmarks/merge_quality.py (the same cache, trained on
 applying each variant's kernel to every weight tensor directly, without mergekit, and evaluates
 the merged model exactly as merge_quality does (normalised exact match, per seed). Kernels:
 
-* ``task_arithmetic``, ``ours`` (``bilateral_delta`` at its defaults) and ``tsv`` (``tsv_delta``;
+* ``task_arithmetic``, ``ours`` (``bilateral_delta`` with ``weighting: energy``, the default
+  before ``weighting: auto``), ``ours_auto`` (``bilateral_delta`` at its defaults) and ``tsv`` (``tsv_delta``;
   vectors and vocabulary tensors get the mean, as the catalogue's ``tsv``);
 * ``ours_o1``: output weight 1 (normalised); ``ours_energy``: ours rescaled per matrix to the
   experts' energy ``sqrt(sum_i ||tau_i||^2)``; ``ours_x0.8`` / ``ours_x0.6``: fixed scales;
@@ -127,7 +128,9 @@ def geometric_delta(deltas: torch.Tensor, power: float, input_exponent: float = 
 
 
 def _ours(deltas: torch.Tensor, name: str, **options: Any) -> torch.Tensor:
-    return bilateral_delta(deltas, name=name, **options)
+    """Ours with the energy weighting (the default until ``weighting: auto``; what every table
+    of this script measured as "ours"), unless ``options`` say otherwise."""
+    return bilateral_delta(deltas, name=name, **{"weighting": "energy", **options})
 
 
 def _sum(deltas: torch.Tensor, name: str) -> torch.Tensor:
@@ -311,6 +314,7 @@ VARIANTS: dict[str, Kernel] = {
     "task_arithmetic": _sum,
     "tsv": _tsv,
     "ours": _ours,
+    "ours_auto": lambda d, n: bilateral_delta(d, name=n),  # the catalogue's defaults: weighting auto
     "ours_o1": lambda d, n: _ours(d, n, output_weight=1.0),
     "ours_energy": _energy,
     "ours_x0.8": _scaled(0.8),

@@ -124,8 +124,10 @@ DEFAULT_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("bilateral_consensus", "bilateral_consensus", {}),
     ("bilateral_consensus[exact]", "bilateral_consensus", {"solver": "exact"}),
     ("bilateral_consensus[signal]", "bilateral_consensus", {"weighting": "signal", "output_weight": 0.5}),
+    ("bilateral_consensus[energy]", "bilateral_consensus", {"weighting": "energy"}),
 )
-ALIASES = {"exact": "bilateral_consensus[exact]", "signal": "bilateral_consensus[signal]"}
+ALIASES = {"exact": "bilateral_consensus[exact]", "signal": "bilateral_consensus[signal]",
+           "energy": "bilateral_consensus[energy]"}
 REFERENCE = "ties"
 ITERATION_PARAMETERS = ("iterations", "iters", "num_iterations", "n_iter", "max_iter", "steps",
                         "num_steps", "n_steps", "epochs")

@@ -51,7 +51,7 @@ def test_registered_once_and_catalogued():
     info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
     assert info["description"] and info["defaults"] == {
         "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True, "background": 0.0,
-        "weighting": "energy",
+        "weighting": "auto",
     }
 
 
@@ -257,12 +257,16 @@ def test_lowrank_is_close_to_exact_on_decaying_spectra_and_deterministic():
     """Singular values ~ 1/i (fine-tuning-like decay), 256 x 640, budget 64: a few % off exact;
     the budget buys accuracy (128 is closer than 32)."""
     deltas = _decaying(2, 256, 640, 1.0, seed=8)
-    exact = bilateral_delta(deltas, solver="exact")
-    errors = {r: _rel(bilateral_delta(deltas, rank=r), exact) for r in (32, 64, 128)}
+    exact = bilateral_delta(deltas, solver="exact", weighting="energy")
+    errors = {r: _rel(bilateral_delta(deltas, rank=r, weighting="energy"), exact) for r in (32, 64, 128)}
     assert errors[64] < 0.08, errors
     assert errors[128] < errors[32], errors
     # One fixed sketch: the same inputs give bit-identical merges.
     assert torch.equal(bilateral_delta(deltas, rank=64), bilateral_delta(deltas, rank=64))
+    # weighting: auto decides on the factors of the budget in use, so both solvers take the same
+    # weighting at every budget and the default stays close to the exact solver.
+    for rank in (32, 64, 128, 256):
+        assert _rel(bilateral_delta(deltas, rank=rank, solver="exact"), bilateral_delta(deltas, rank=rank)) < 0.15
 
 
 def test_default_solver_hands_a_matrix_to_the_exact_one_where_that_is_faster(monkeypatch):
@@ -277,12 +281,13 @@ def test_default_solver_hands_a_matrix_to_the_exact_one_where_that_is_faster(mon
 
     monkeypatch.setattr(bilateral, "_bilateral_lowrank", spy)
     narrow = _decaying(4, 768, 256, 1.0, seed=3)
-    assert torch.equal(bilateral_delta(narrow), bilateral_delta(narrow, solver="exact"))
+    assert torch.equal(bilateral_delta(narrow, weighting="energy"),
+                       bilateral_delta(narrow, solver="exact", weighting="energy"))
     assert shapes == []
     wide = _decaying(2, 600, 700, 1.0, seed=4)
-    low = bilateral_delta(wide, rank=64)
+    low = bilateral_delta(wide, rank=64, weighting="energy")
     assert shapes == [(2, 600, 700)]
-    assert _rel(low, bilateral_delta(wide, solver="exact")) > 1e-3  # truncated: an approximation
+    assert _rel(low, bilateral_delta(wide, solver="exact", weighting="energy")) > 1e-3  # truncated: an approximation
 
 
 def test_solver_choice_follows_the_cost_of_each_path():
@@ -310,10 +315,13 @@ def test_options_are_checked():
         Options(output_weight=-0.5)
     with pytest.raises(ValueError, match="background must be a finite number >= 0"):
         Options(background=float("nan"))
-    with pytest.raises(ValueError, match="weighting must be one of energy, signal, got 'flat'"):
+    with pytest.raises(ValueError, match="weighting must be one of auto, energy, signal, got 'flat'"):
         Options(weighting="flat")
     with pytest.raises(ValueError, match="background applies to weighting: energy only"):
         Options(weighting="signal", background=1.0)
+    with pytest.raises(ValueError, match=r"background applies to weighting: energy only, got background 1\.0 "
+                                         r"with weighting: auto"):
+        Options(background=1.0)  # the default weighting is auto
 
 
 # ---------------------------------------------------------------- output weight and normalisation
@@ -362,8 +370,9 @@ def test_normalised_what_an_expert_brings_does_not_depend_on_another_experts_sca
     def part_of_expert_0(c: float, normalize: bool) -> torch.Tensor:
         scaled = deltas.clone()
         scaled[1] *= c
-        plain = bilateral_delta(deltas, solver=solver, rank=16, normalize=normalize)
-        return (c * plain - bilateral_delta(scaled, solver=solver, rank=16, normalize=normalize)) / (c - 1)
+        plain = bilateral_delta(deltas, solver=solver, rank=16, normalize=normalize, weighting="energy")
+        return (c * plain - bilateral_delta(scaled, solver=solver, rank=16, normalize=normalize,
+                                            weighting="energy")) / (c - 1)
 
     assert _rel(part_of_expert_0(10.0, True), part_of_expert_0(3.0, True)) < 1e-6
     assert _rel(part_of_expert_0(10.0, False), part_of_expert_0(3.0, False)) > 0.1
@@ -437,7 +446,7 @@ def test_background_solution_is_the_minimiser_with_the_isotropic_term(background
         lhs += w * op + share * eye
         rhs += (w * op + share * eye) @ t.reshape(-1)
     reference = torch.linalg.solve(lhs, rhs).reshape(out_dim, in_dim)
-    merged = bilateral_delta(deltas, solver="exact", background=background, normalize=normalize)
+    merged = bilateral_delta(deltas, solver="exact", background=background, weighting="energy", normalize=normalize)
     assert _rel(merged, reference) < 1e-6
     assert _rel(merged, bilateral_delta(deltas, solver="exact", normalize=normalize)) > 1e-3  # it does act
 
@@ -459,7 +468,7 @@ def test_background_shrinks_experts_on_orthogonal_subspaces_towards_their_mean()
         for c in [1.25 * s.pow(4) / s.square().sum().square()]
     )
     for solver in ("exact", "lowrank"):
-        merged = bilateral_delta(deltas, solver=solver, rank=8, background=2.0)
+        merged = bilateral_delta(deltas, solver=solver, rank=8, background=2.0, weighting="energy")
         assert _rel(merged, expected) < 1e-6, solver
     assert _rel(bilateral_delta(deltas, solver="exact"), deltas.sum(0)) < 1e-6
 
@@ -467,23 +476,23 @@ def test_background_shrinks_experts_on_orthogonal_subspaces_towards_their_mean()
 @pytest.mark.parametrize("solver", ["exact", "lowrank"])
 def test_background_keeps_single_and_identical_experts(solver):
     full = _decaying(3, 200, 300, 0.5, seed=5)
-    torch.testing.assert_close(bilateral_delta(full[:1], solver=solver, rank=16, background=3.0), full[0])
-    torch.testing.assert_close(bilateral_delta(full[1:2].repeat(4, 1, 1), solver=solver, rank=16, background=3.0),
-                               full[1], atol=1e-6, rtol=1e-4)
+    energy = {"solver": solver, "rank": 16, "background": 3.0, "weighting": "energy"}
+    torch.testing.assert_close(bilateral_delta(full[:1], **energy), full[0])
+    torch.testing.assert_close(bilateral_delta(full[1:2].repeat(4, 1, 1), **energy), full[1], atol=1e-6, rtol=1e-4)
 
 
 def test_background_lowrank_equals_exact_when_every_rank_fits_its_share():
     gen = torch.Generator().manual_seed(12)
     deltas = torch.stack([torch.randn(300, 4, generator=gen) @ torch.randn(4, 500, generator=gen) for _ in range(3)])
-    exact = bilateral_delta(deltas, solver="exact", background=1.0)
-    assert _rel(bilateral_delta(deltas, rank=24, background=1.0), exact) < 1e-4
+    exact = bilateral_delta(deltas, solver="exact", background=1.0, weighting="energy")
+    assert _rel(bilateral_delta(deltas, rank=24, background=1.0, weighting="energy"), exact) < 1e-4
     assert _rel(exact, bilateral_delta(deltas, solver="exact")) > 1e-3
 
 
 def test_background_is_scale_free_down_to_tiny_task_vectors():
     deltas = _decaying(2, 300, 400, 0.5, seed=24)
-    merged = bilateral_delta(deltas, rank=16, background=1.0, normalize=False)
-    tiny = bilateral_delta(deltas * 1e-12, rank=16, background=1.0, normalize=False)
+    merged = bilateral_delta(deltas, rank=16, background=1.0, weighting="energy", normalize=False)
+    tiny = bilateral_delta(deltas * 1e-12, rank=16, background=1.0, weighting="energy", normalize=False)
     assert torch.isfinite(tiny).all()
     assert _rel(tiny / 1e-12, merged) < 1e-4
 
@@ -542,7 +551,7 @@ def test_signal_weighting_is_the_minimiser_of_its_objective():
     for solver in ("exact", "lowrank"):
         merged = bilateral_delta(deltas, solver=solver, weighting="signal", output_weight=output_weight)
         assert _rel(merged, reference) < 1e-6, solver
-    assert _rel(bilateral_delta(deltas, solver="exact"), reference) > 1e-2  # the energy weighting differs
+    assert _rel(bilateral_delta(deltas, solver="exact", weighting="energy"), reference) > 1e-2  # energy differs
 
 
 @pytest.mark.parametrize("solver", ["exact", "lowrank"])
@@ -590,3 +599,78 @@ def test_signal_weighting_on_a_narrow_matrix_is_exact_from_complete_factors():
     deltas = _low_rank_experts(8, 1024, 200, 6, seed=38, noise=1e-3)
     exact = bilateral_delta(deltas, solver="exact", weighting="signal")
     assert _rel(bilateral_delta(deltas, weighting="signal"), exact) < 1e-5
+
+
+# ---------------------------------------------------------------- weighting: auto (the default)
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (300, 1000), (1000, 768)])
+def test_auto_takes_the_signal_weighting_on_adapters_and_energy_elsewhere(shape):
+    """Adapters (rank 8, with or without a bf16-like noise floor) get the signal weighting, on
+    small matrices (full spectra) and large ones (the low-rank solver's factors); dense noise and
+    a mix of an adapter with a full fine-tune get energy, and so does a flat power-law spectrum
+    where the full spectrum is looked at (from a factor's tail alone its few leading values can
+    read as signal: the method page, "Weighting for LoRA experts")."""
+    out_dim, in_dim = shape
+    for noise in (0.0, 2e-3):
+        adapters = _low_rank_experts(3, out_dim, in_dim, 8, seed=40, noise=noise)
+        assert bilateral.auto_weighting(adapters, 256) == "signal", noise
+        torch.testing.assert_close(bilateral_delta(adapters), bilateral_delta(adapters, weighting="signal"))
+        assert _rel(bilateral_delta(adapters), bilateral_delta(adapters, weighting="energy")) > 1e-3
+    gen = torch.Generator().manual_seed(41)
+    noise_only = torch.randn(2, out_dim, in_dim, generator=gen)
+    mixed = torch.stack([_low_rank_experts(1, out_dim, in_dim, 8, seed=43)[0], noise_only[0]])
+    cases = [("noise", noise_only), ("adapter + full", mixed)]
+    if max(shape) <= 512:  # full spectra: a flat power law (sigma_i ~ i^-0.5) has no few leading directions
+        cases.append(("flat power law", _decaying(2, out_dim, in_dim, 0.5, seed=42)))
+    for name, deltas in cases:
+        assert bilateral.auto_weighting(deltas, 256) == "energy", name
+        torch.testing.assert_close(bilateral_delta(deltas), bilateral_delta(deltas, weighting="energy"), msg=name)
+
+
+def test_auto_decides_alike_for_both_solvers_and_keeps_the_sanity_properties():
+    # A large matrix (beyond 2 x rank): the exact solver takes the weighting the factors give.
+    adapters = _low_rank_experts(2, 1024, 768, 16, seed=44, noise=1e-3)
+    assert _rel(bilateral_delta(adapters, solver="exact"), bilateral_delta(adapters, solver="exact",
+                                                                         weighting="signal")) < 1e-6
+    assert _rel(bilateral_delta(adapters), bilateral_delta(adapters, solver="exact")) < 0.01
+    # An adapter rank that fills its factor (rank 64 at budget 64, K = 2: share 32) may hide more
+    # signal: energy, for both solvers.
+    wide = _low_rank_experts(2, 1024, 768, 64, seed=45)
+    assert bilateral.auto_weighting(wide, 64) == "energy" and bilateral.auto_weighting(wide, 256) == "signal"
+    torch.testing.assert_close(bilateral_delta(wide, rank=64, solver="exact"),
+                               bilateral_delta(wide, rank=64, solver="exact", weighting="energy"))
+    # K = 1, identical experts, orthogonal experts: as with either weighting.
+    one = _low_rank_experts(1, 200, 300, 6, seed=46, noise=1e-3)
+    torch.testing.assert_close(bilateral_delta(one), one[0])
+    torch.testing.assert_close(bilateral_delta(one.repeat(3, 1, 1), rank=16), one[0], atol=1e-5, rtol=1e-4)
+    gen = torch.Generator().manual_seed(47)
+    u, _ = torch.linalg.qr(torch.randn(200, 8, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(300, 8, generator=gen))
+    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
+    b = u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:].T
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, b]), rank=16), a + b, atol=1e-4, rtol=1e-4)
+
+
+def test_is_low_rank_needs_few_directions_holding_most_of_the_energy():
+    from mergepipe.merge.methods.bilateral import is_low_rank
+
+    spectrum = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.1, 0.1], dtype=torch.float64)
+    energy = float(spectrum.square().sum())
+    assert is_low_rank(spectrum, 4, energy, 32, 64)  # 4 of 32: a quarter is 8
+    assert not is_low_rank(spectrum, 9, energy, 32, 64)  # more than a quarter of the smaller side
+    flat = torch.tensor([2.0, 2.0, 2.0, 2.0, 0.1, 0.1], dtype=torch.float64)
+    assert not is_low_rank(flat, 1, float(flat.square().sum()), 32, 64)  # 4 of 16.02: not most of the energy
+    assert not is_low_rank(spectrum, 4, 10 * energy, 32, 64)  # most energy below the threshold: noise-like
+    assert not is_low_rank(spectrum, 6, energy, 32, 64, complete=False)  # a factor full of signal
+    assert is_low_rank(spectrum, 0, 0.0, 32, 64)  # an unchanged matrix constrains nothing
+
+
+def test_default_merge_by_name_takes_auto(family):
+    base, experts = family
+    merged = _merge(base, experts)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    deltas = torch.stack([e[name].float() - base[name].float() for e in experts])
+    weighting = bilateral.auto_weighting(deltas, 256)
+    expected = base[name].float() + bilateral_delta(deltas, name=name, weighting=weighting)
+    torch.testing.assert_close(merged[name].float(), expected, atol=1e-5, rtol=1e-4)

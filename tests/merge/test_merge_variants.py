@@ -118,9 +118,9 @@ def test_the_output_metric_solver_with_ours_gram_is_ours(variants, k):
     deltas = torch.randn(k, 9, 7, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
     grams = [t @ (t.T @ t) @ t.T for t in deltas]  # B_i^2
     torch.testing.assert_close(variants.output_metric_delta(deltas, grams),
-                               bilateral_delta(deltas, name="w", solver="exact"))
+                               bilateral_delta(deltas, name="w", solver="exact", weighting="energy"))
     other = variants.output_metric_delta(deltas, [torch.eye(9, dtype=torch.float64) * g.trace() for g in grams])
-    assert not torch.allclose(other, bilateral_delta(deltas, name="w", solver="exact"))
+    assert not torch.allclose(other, bilateral_delta(deltas, name="w", solver="exact", weighting="energy"))
 
 
 def test_the_query_key_read_metric_changes_only_the_query_and_key(variants):

@@ -361,9 +361,10 @@ def _check_della(method: MethodInfo, shared: dict[str, Any], per_model: dict[str
 def _check_bilateral(method: MethodInfo, shared: dict[str, Any], where: str) -> None:
     # The background term is defined for the energy weighting only (the method raises at merge
     # time; this says so before any model is loaded).
-    if shared.get("weighting") == "signal" and shared.get("background", 0.0):
+    weighting = shared.get("weighting", "energy")
+    if weighting != "energy" and shared.get("background", 0.0):
         raise ConfigError(f"{where}.parameters.background: applies to weighting: energy only, "
-                          f"got {shared['background']!r} with weighting: signal")
+                          f"got {shared['background']!r} with weighting: {weighting} (set weighting: energy)")
 
 
 def check_expert_count(method: MethodInfo, n_experts: int, has_base: bool, where: str) -> None:

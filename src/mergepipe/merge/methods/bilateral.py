@@ -40,6 +40,9 @@ alone is added in full, what several learned together is counted once.
   (the Gavish-Donoho threshold, ``signal_rank``) by ``sigma / sigma_1`` instead of every
   direction by ``sigma^4 / ||tau||^4``, and averages the bulk over the experts: an adapter's
   weaker directions keep their say among many adapters; on full fine-tunes ``energy`` is better.
+  The default, ``weighting: auto``, decides per matrix: ``signal`` where every expert's delta is
+  adapter-like (its signal directions at most a quarter of the smaller side, holding most of its
+  energy), else ``energy``.
 * Inputs are upcast to at least float32, the small spectral step runs in float64 (Gram matrices
   square the condition number), on whatever device mergekit hands the tensors to.
 
@@ -67,12 +70,17 @@ METHOD_NAME = "bilateral_consensus"
 
 Solver = Literal["lowrank", "exact"]
 SOLVERS: tuple[str, ...] = ("lowrank", "exact")
-Weighting = Literal["energy", "signal"]
-WEIGHTINGS: tuple[str, ...] = ("energy", "signal")
+Weighting = Literal["auto", "energy", "signal"]
+WEIGHTINGS: tuple[str, ...] = ("auto", "energy", "signal")
+# ``weighting: auto`` takes the signal weighting on a matrix where every expert's delta is
+# adapter-like: its signal directions fill at most this share of the matrix's smaller side.
+LOW_RANK_SHARE = 0.25
+# ... and those directions hold at least this share of its energy (noise-like deltas do not).
+LOW_RANK_ENERGY = 0.5
 
 DEFAULTS: dict[str, float | int | str | bool] = {
     "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True,
-    "background": 0.0, "weighting": "energy",
+    "background": 0.0, "weighting": "auto",
 }
 
 # Oversampling of the randomized range finder (Halko, Martinsson & Tropp 2011, sec. 4.2: 5-10
@@ -238,6 +246,84 @@ def signal_rank(spectrum: torch.Tensor, out_dim: int, in_dim: int, tail_energy: 
 Factor = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (left [out, r], singular values [r], right [in, r])
 
 
+def is_low_rank(spectrum: torch.Tensor, kept: int, energy: float, out_dim: int, in_dim: int,
+                complete: bool = True) -> bool:
+    """Whether a delta is adapter-like (``weighting: auto``): its ``kept`` signal directions (of
+    the leading values ``spectrum``, out of its total ``energy``) fit in ``LOW_RANK_SHARE`` of the
+    smaller side and hold most of its energy (a pure-noise delta has no signal directions, and
+    is no adapter). With a factor that is not ``complete``, the factor must also hold more than
+    the signal: a factor filled with signal may hide more of it."""
+    if energy <= 0.0:
+        return True  # an expert that left the matrix unchanged constrains nothing
+    fits = kept <= LOW_RANK_SHARE * min(out_dim, in_dim) and (complete or kept < spectrum.numel())
+    return fits and float(spectrum[:kept].double().square().sum()) >= LOW_RANK_ENERGY * energy
+
+
+def _energy64(t: torch.Tensor) -> float:
+    """``||t||_F^2`` from per-row norms summed in float64: the energy a factor leaves out is this
+    minus the factor's, and a float32 norm of a whole large matrix is off by up to 1 % (measured
+    on 14336 x 4096), which then reads as a noise bulk, or as none. Per-row norms are exact to
+    about 1e-8 and cost a single pass."""
+    rows = t.reshape(t.shape[0], -1) if t.dim() > 1 else t[None]
+    return float(torch.linalg.vector_norm(rows, dim=1).double().square().sum())
+
+
+def _factor_signal(x: torch.Tensor, factors: list[Factor], complete: bool) -> tuple[list[int], bool]:
+    """Each expert's signal rank from its factor (and the energy the factor leaves out), and
+    whether every expert is adapter-like there (``is_low_rank``)."""
+    out_dim, in_dim = x.shape[1:]
+    kept, adapter_like = [], True
+    for t, (_, s, _) in zip(x, factors):
+        energy = _energy64(t)
+        left_out = None if complete else energy - float(s.double().square().sum())
+        kept.append(signal_rank(s, out_dim, in_dim, left_out))
+        adapter_like = adapter_like and is_low_rank(s, kept[-1], energy, out_dim, in_dim, complete)
+    return kept, adapter_like
+
+
+def _gram_spectrum(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The singular values of ``t`` (descending, float64) and the matching singular vectors of its
+    smaller side, from the eigendecomposition of its smaller Gram matrix: a fraction of an SVD's
+    cost, and exact to about 1e-8 of the largest value, far below what the signal-rank rule
+    resolves (its floor is 1e-6)."""
+    x = t.double()
+    gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T
+    values, vectors = torch.linalg.eigh(gram)
+    return values.flip(0).clamp_min(0).sqrt(), vectors.flip(1)
+
+
+def _signal_factor(t: torch.Tensor, s: torch.Tensor, vectors: torch.Tensor, kept: int) -> Factor:
+    """The leading ``kept`` singular triplets of ``t`` (float64) from ``_gram_spectrum``: the
+    other side's vectors are ``t v / s``, exact for the directions above the threshold."""
+    s = s[:kept]
+    if t.shape[0] >= t.shape[1]:  # vectors are the right singular vectors
+        right = vectors[:, :kept]
+        return (t @ right) / s, s, right
+    left = vectors[:, :kept]
+    return left, s, (t.T @ left) / s
+
+
+def _spectra_adapter_like(spectra: list[torch.Tensor], out_dim: int, in_dim: int) -> bool:
+    """Every expert adapter-like, from full spectra (``weighting: auto`` on small matrices)."""
+    return all(is_low_rank(s, signal_rank(s, out_dim, in_dim), float(s.square().sum()), out_dim, in_dim)
+               for s in spectra)
+
+
+def auto_weighting(deltas: torch.Tensor, rank: int) -> str:
+    """What ``weighting: auto`` takes on a [K, out, in] stack: ``signal`` where every expert is
+    adapter-like, else ``energy``. Small matrices (both sides within ``2 * rank``) decide on full
+    spectra; larger ones on the low-rank solver's factors, whichever solver then runs, so both
+    solvers take the same weighting."""
+    k, out_dim, in_dim = deltas.shape
+    if max(out_dim, in_dim) <= 2 * rank:
+        return "signal" if _spectra_adapter_like([_gram_spectrum(t)[0] for t in deltas], out_dim, in_dim) else "energy"
+    x = deltas.float() if deltas.dtype != torch.float64 else deltas
+    share, width = factor_size(k, out_dim, in_dim, rank)
+    omega = _sketch_matrix(in_dim, width, x)
+    factors = [_factor(t, share, omega) for t in x]
+    return "signal" if _factor_signal(x, factors, share >= min(out_dim, in_dim))[1] else "energy"
+
+
 def _solve_signal(factors: list[Factor], out_dim: int, in_dim: int, output_weight: float, eps: float,
                   like: torch.Tensor) -> torch.Tensor:
     """The bilateral minimiser with ``weighting: signal``, in float64, from each expert's signal
@@ -258,19 +344,20 @@ def _solve_signal(factors: list[Factor], out_dim: int, in_dim: int, output_weigh
     return solve_sylvester(gram_out, gram_in, (1.0 + output_weight) * rhs, eps)
 
 
-def _signal_exact(deltas: torch.Tensor, eps: float, output_weight: float) -> torch.Tensor:
-    """``weighting: signal`` with full SVDs: each expert's directions above its Gavish-Donoho
+def _signal_exact(deltas: torch.Tensor, eps: float, output_weight: float,
+                  spectra: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """``weighting: signal`` with full spectra: each expert's directions above its Gavish-Donoho
     threshold enter the objective, weighted by ``sigma / sigma_1``; what lies below (its noise
     bulk) is averaged over the experts, as the low-rank solver averages what its factors leave
     out, so identical experts still return the expert."""
     x = deltas.double()
     factors: list[Factor] = []
     below = torch.zeros_like(x[0])
-    for t in x:
-        u, s, vh = torch.linalg.svd(t, full_matrices=False)
-        kept = signal_rank(s, *t.shape)
-        factors.append((u[:, :kept], s[:kept], vh[:kept].T))
-        below += t - (u[:, :kept] * s[:kept]) @ vh[:kept]
+    for i, t in enumerate(x):
+        s, vectors = spectra[i] if spectra is not None else _gram_spectrum(t)
+        left, s, right = _signal_factor(t, s, vectors, signal_rank(s, *t.shape))
+        factors.append((left, s, right))
+        below += t - (left * s) @ right.T
     merged = _solve_signal(factors, x.shape[1], x.shape[2], output_weight, eps, x) + below / x.shape[0]
     return merged.to(deltas.dtype)
 
@@ -359,7 +446,9 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
 
     With ``weighting: signal`` each factor is cut to the expert's signal directions
     (``signal_rank`` from the factor's values and the energy it leaves out) before the joint
-    bases are taken, and the rest of each task vector joins the averaged tail.
+    bases are taken, and the rest of each task vector joins the averaged tail. ``weighting:
+    auto`` does so where every expert's factor is adapter-like (``is_low_rank``), and solves
+    with the energy weighting otherwise.
     """
     k, out_dim, in_dim = deltas.shape
     x = deltas.float() if deltas.dtype != torch.float64 else deltas
@@ -374,17 +463,18 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     # the float32 accumulation neither underflows for tiny task vectors nor overflows.
     unit = max(float(torch.linalg.vector_norm(t)) for t in x) if background else 1.0
     top_weight = max(float(weights.max()), 0.0)
+    factors = [_factor(t, share, omega) for t in x]
+    if weighting != "energy":
+        # A complete factor has the whole spectrum (the threshold's median form), else the
+        # noise level comes from the energy the factor leaves out.
+        complete = share >= min(out_dim, in_dim)
+        kept, adapter_like = _factor_signal(x, factors, complete)
+        if weighting == "auto":
+            weighting = "signal" if adapter_like else "energy"
+        if weighting == "signal":
+            factors = [(left[:, :n], s[:n], right[:, :n]) for n, (left, s, right) in zip(kept, factors)]
     signal = weighting == "signal"
-    for weight, t in zip(weights.tolist(), x):
-        left, s, right = _factor(t, share, omega)
-        if signal:
-            # A complete factor has the whole spectrum (the threshold's median form), else the
-            # noise level comes from the energy the factor leaves out.
-            complete = share >= min(out_dim, in_dim)
-            energy = torch.linalg.vector_norm(t).double().square()
-            left_out = None if complete else float(energy - s.double().square().sum())
-            kept = signal_rank(s, out_dim, in_dim, left_out)
-            left, s, right = left[:, :kept], s[:kept], right[:, :kept]
+    for weight, t, (left, s, right) in zip(weights.tolist(), x, factors):
         lefts.append(left)
         spectra.append(s)
         rights.append(right)
@@ -421,10 +511,24 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
     # The low-rank solver hands small matrices, and narrow ones where that is faster, to the
     # exact one (uses_exact_solver).
     k, out_dim, in_dim = deltas.shape
-    if options.weighting == "signal":
+    weighting = options.weighting
+    if weighting == "auto":
+        if max(out_dim, in_dim) <= 2 * options.rank:
+            # Small matrices decide on full spectra; the signal solve reuses them.
+            spectra = [_gram_spectrum(t) for t in deltas]
+            if _spectra_adapter_like([s for s, _ in spectra], out_dim, in_dim):
+                return _signal_exact(deltas, options.eps, options.output_weight, spectra)
+            weighting = "energy"
+        elif options.solver == "lowrank":
+            # Decided on the factors the low-rank solver takes anyway (auto_weighting's rule).
+            return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights,
+                                      weighting="auto")
+        else:
+            weighting = auto_weighting(deltas, options.rank)
+    if weighting == "signal":
         # bilateral_cost's rates are those of the energy weighting's Gram products; this exact
-        # path takes one SVD per expert, so beyond small matrices the low-rank path (exact too
-        # when its factors are complete) is the cheaper one.
+        # path takes one eigendecomposition of each expert's smaller Gram matrix, so beyond small
+        # matrices the low-rank path (exact too when its factors are complete) is the cheaper one.
         if options.solver == "exact" or max(out_dim, in_dim) <= 2 * options.rank:
             return _signal_exact(deltas, options.eps, options.output_weight)
         return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights,
@@ -461,22 +565,22 @@ class Options:
     output_weight: float = 0.25
     normalize: bool = True
     background: float = 0.0
-    weighting: str = "energy"
+    weighting: str = "auto"
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise ValueError(f"{METHOD_NAME}: solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"{METHOD_NAME}: weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
-        if self.weighting == "signal" and self.background:
-            raise ValueError(f"{METHOD_NAME}: background applies to weighting: energy only, got background "
-                             f"{self.background!r} with weighting: signal")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"{METHOD_NAME}: rank must be a whole number >= 1, got {self.rank!r}")
         if not math.isfinite(self.output_weight) or self.output_weight < 0:
             raise ValueError(f"{METHOD_NAME}: output_weight must be a finite number >= 0, got {self.output_weight!r}")
         if not math.isfinite(self.background) or self.background < 0:
             raise ValueError(f"{METHOD_NAME}: background must be a finite number >= 0, got {self.background!r}")
+        if self.weighting != "energy" and self.background:
+            raise ValueError(f"{METHOD_NAME}: background applies to weighting: energy only, got background "
+                             f"{self.background!r} with weighting: {self.weighting}")
 
 
 def _merge_shared(deltas: torch.Tensor, axis: int | None, input_embedding: bool, options: Options) -> torch.Tensor:
@@ -527,7 +631,7 @@ def bilateral_delta(
 )
 def bilateral_consensus_merge(
     group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256,
-    output_weight: float = 0.25, normalize: bool = True, background: float = 0.0, weighting: Weighting = "energy",
+    output_weight: float = 0.25, normalize: bool = True, background: float = 0.0, weighting: Weighting = "auto",
 ) -> torch.Tensor:
     options = Options(eps=eps, solver=solver, rank=rank, output_weight=output_weight, normalize=normalize,
                       background=background, weighting=weighting)
