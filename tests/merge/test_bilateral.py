@@ -245,12 +245,17 @@ def test_lowrank_keeps_the_sanity_properties_when_it_truncates():
     torch.testing.assert_close(bilateral_delta(full[:1], rank=16), full[0])
     torch.testing.assert_close(bilateral_delta(full[1:2].repeat(4, 1, 1), rank=16), full[1], atol=1e-6, rtol=1e-4)
     # Experts on orthogonal input and output subspaces, each within its share: the sum.
-    gen = torch.Generator().manual_seed(6)
+    a, b = _orthogonal_pair(seed=6)
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, b]), rank=16), a + b, atol=1e-5, rtol=1e-4)
+
+
+def _orthogonal_pair(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rank-4 task vectors (200 x 300) on mutually orthogonal input and output subspaces."""
+    gen = torch.Generator().manual_seed(seed)
     u, _ = torch.linalg.qr(torch.randn(200, 8, generator=gen))
     v, _ = torch.linalg.qr(torch.randn(300, 8, generator=gen))
-    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
-    b = u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:].T
-    torch.testing.assert_close(bilateral_delta(torch.stack([a, b]), rank=16), a + b, atol=1e-5, rtol=1e-4)
+    return (u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T,
+            u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:].T)
 
 
 def test_lowrank_is_close_to_exact_on_decaying_spectra_and_deterministic():
@@ -644,11 +649,7 @@ def test_auto_decides_alike_for_both_solvers_and_keeps_the_sanity_properties():
     one = _low_rank_experts(1, 200, 300, 6, seed=46, noise=1e-3)
     torch.testing.assert_close(bilateral_delta(one), one[0])
     torch.testing.assert_close(bilateral_delta(one.repeat(3, 1, 1), rank=16), one[0], atol=1e-5, rtol=1e-4)
-    gen = torch.Generator().manual_seed(47)
-    u, _ = torch.linalg.qr(torch.randn(200, 8, generator=gen))
-    v, _ = torch.linalg.qr(torch.randn(300, 8, generator=gen))
-    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
-    b = u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:].T
+    a, b = _orthogonal_pair(seed=47)
     torch.testing.assert_close(bilateral_delta(torch.stack([a, b]), rank=16), a + b, atol=1e-4, rtol=1e-4)
 
 
