@@ -361,7 +361,7 @@ def _check_della(method: MethodInfo, shared: dict[str, Any], per_model: dict[str
 def _check_bilateral(method: MethodInfo, shared: dict[str, Any], where: str) -> None:
     # The background term is defined for the energy weighting only (the method raises at merge
     # time; this says so before any model is loaded).
-    weighting = shared.get("weighting", "energy")
+    weighting = shared.get("weighting", "auto")  # resolve_parameters fills in the method's default
     if weighting != "energy" and shared.get("background", 0.0):
         raise ConfigError(f"{where}.parameters.background: applies to weighting: energy only, "
                           f"got {shared['background']!r} with weighting: {weighting} (set weighting: energy)")

@@ -264,13 +264,13 @@ def _energy64(t: torch.Tensor) -> float:
     minus the factor's, and a float32 norm of a whole large matrix is off by up to 1 % (measured
     on 14336 x 4096), which then reads as a noise bulk, or as none. Per-row norms are exact to
     about 1e-8 and cost a single pass."""
-    rows = t.reshape(t.shape[0], -1) if t.dim() > 1 else t[None]
-    return float(torch.linalg.vector_norm(rows, dim=1).double().square().sum())
+    return float(torch.linalg.vector_norm(t, dim=1).double().square().sum())
 
 
 def _factor_signal(x: torch.Tensor, factors: list[Factor], complete: bool) -> tuple[list[int], bool]:
-    """Each expert's signal rank from its factor (and the energy the factor leaves out), and
-    whether every expert is adapter-like there (``is_low_rank``)."""
+    """Each expert's signal rank from its factor (a complete factor has the whole spectrum, for the
+    threshold's median form; otherwise the noise level comes from the energy the factor leaves
+    out), and whether every expert is adapter-like there (``is_low_rank``)."""
     out_dim, in_dim = x.shape[1:]
     kept, adapter_like = [], True
     for t, (_, s, _) in zip(x, factors):
@@ -303,10 +303,11 @@ def _signal_factor(t: torch.Tensor, s: torch.Tensor, vectors: torch.Tensor, kept
     return left, s, (t.T @ left) / s
 
 
-def _spectra_adapter_like(spectra: list[torch.Tensor], out_dim: int, in_dim: int) -> bool:
-    """Every expert adapter-like, from full spectra (``weighting: auto`` on small matrices)."""
+def _spectra_adapter_like(spectra: list[tuple[torch.Tensor, torch.Tensor]], out_dim: int, in_dim: int) -> bool:
+    """Every expert adapter-like, from ``_gram_spectrum``'s full spectra (``weighting: auto`` on
+    small matrices)."""
     return all(is_low_rank(s, signal_rank(s, out_dim, in_dim), float(s.square().sum()), out_dim, in_dim)
-               for s in spectra)
+               for s, _ in spectra)
 
 
 def auto_weighting(deltas: torch.Tensor, rank: int) -> str:
@@ -314,14 +315,12 @@ def auto_weighting(deltas: torch.Tensor, rank: int) -> str:
     adapter-like, else ``energy``. Small matrices (both sides within ``2 * rank``) decide on full
     spectra; larger ones on the low-rank solver's factors, whichever solver then runs, so both
     solvers take the same weighting."""
-    k, out_dim, in_dim = deltas.shape
+    out_dim, in_dim = deltas.shape[1:]
     if max(out_dim, in_dim) <= 2 * rank:
-        return "signal" if _spectra_adapter_like([_gram_spectrum(t)[0] for t in deltas], out_dim, in_dim) else "energy"
+        return "signal" if _spectra_adapter_like([_gram_spectrum(t) for t in deltas], out_dim, in_dim) else "energy"
     x = deltas.float() if deltas.dtype != torch.float64 else deltas
-    share, width = factor_size(k, out_dim, in_dim, rank)
-    omega = _sketch_matrix(in_dim, width, x)
-    factors = [_factor(t, share, omega) for t in x]
-    return "signal" if _factor_signal(x, factors, share >= min(out_dim, in_dim))[1] else "energy"
+    factors, complete = _expert_factors(x, rank)
+    return "signal" if _factor_signal(x, factors, complete)[1] else "energy"
 
 
 def _solve_signal(factors: list[Factor], out_dim: int, in_dim: int, output_weight: float, eps: float,
@@ -353,8 +352,7 @@ def _signal_exact(deltas: torch.Tensor, eps: float, output_weight: float,
     x = deltas.double()
     factors: list[Factor] = []
     below = torch.zeros_like(x[0])
-    for i, t in enumerate(x):
-        s, vectors = spectra[i] if spectra is not None else _gram_spectrum(t)
+    for t, (s, vectors) in zip(x, spectra if spectra is not None else map(_gram_spectrum, x)):
         left, s, right = _signal_factor(t, s, vectors, signal_rank(s, *t.shape))
         factors.append((left, s, right))
         below += t - (left * s) @ right.T
@@ -405,6 +403,15 @@ def _factor(t: torch.Tensor, share: int, omega: torch.Tensor) -> tuple[torch.Ten
     return q_left @ a[:, :keep].to(t), s[:keep], q_right @ bt[:keep].T.to(t)
 
 
+def _expert_factors(x: torch.Tensor, rank: int) -> tuple[list[Factor], bool]:
+    """Every expert's factor at the budget ``rank`` (one shared sketch), and whether the factors
+    are complete (the whole spectrum: the smaller side fits the expert's share)."""
+    k, out_dim, in_dim = x.shape
+    share, width = factor_size(k, out_dim, in_dim, rank)
+    omega = _sketch_matrix(in_dim, width, x)
+    return [_factor(t, share, omega) for t in x], share >= min(out_dim, in_dim)
+
+
 def factor_size(k: int, out_dim: int, in_dim: int, rank: int) -> tuple[int, int]:
     """(share, width): the rank each expert's factor keeps and the sketch's column count.
 
@@ -450,10 +457,8 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     auto`` does so where every expert's factor is adapter-like (``is_low_rank``), and solves
     with the energy weighting otherwise.
     """
-    k, out_dim, in_dim = deltas.shape
+    in_dim = deltas.shape[2]
     x = deltas.float() if deltas.dtype != torch.float64 else deltas
-    share, width = factor_size(k, out_dim, in_dim, rank)
-    omega = _sketch_matrix(in_dim, width, x)
     lefts, spectra, rights = [], [], []
     # What the factors leave out, averaged over the experts; with a background term weighted by
     # each expert's l_i (w_i tr(A_i^2) = w_i sum s_i^4: the factors keep each expert's spectrum).
@@ -463,11 +468,8 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     # the float32 accumulation neither underflows for tiny task vectors nor overflows.
     unit = max(float(torch.linalg.vector_norm(t)) for t in x) if background else 1.0
     top_weight = max(float(weights.max()), 0.0)
-    factors = [_factor(t, share, omega) for t in x]
+    factors, complete = _expert_factors(x, rank)
     if weighting != "energy":
-        # A complete factor has the whole spectrum (the threshold's median form), else the
-        # noise level comes from the energy the factor leaves out.
-        complete = share >= min(out_dim, in_dim)
         kept, adapter_like = _factor_signal(x, factors, complete)
         if weighting == "auto":
             weighting = "signal" if adapter_like else "energy"
@@ -516,7 +518,7 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
         if max(out_dim, in_dim) <= 2 * options.rank:
             # Small matrices decide on full spectra; the signal solve reuses them.
             spectra = [_gram_spectrum(t) for t in deltas]
-            if _spectra_adapter_like([s for s, _ in spectra], out_dim, in_dim):
+            if _spectra_adapter_like(spectra, out_dim, in_dim):
                 return _signal_exact(deltas, options.eps, options.output_weight, spectra)
             weighting = "energy"
         elif options.solver == "lowrank":
