@@ -154,7 +154,8 @@ def _methods() -> tuple[Method, ...]:
     # what auto takes on full fine-tunes) and signal at output weight 0.5 (each signal direction
     # weighted by sigma / sigma_1; what auto takes on adapters, at output weight 0.25).
     energy = _catalogue_method(OURS_ENERGY, OURS, {"weighting": "energy"}) if ours else None
-    signal = _catalogue_method(OURS_SIGNAL, OURS, {"weighting": "signal", "output_weight": 0.5}) if ours else None
+    signal = (_catalogue_method(OURS_SIGNAL, OURS, {"weighting": "signal", "signal_output_weight": 0.5})
+              if ours else None)
     return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric, energy, signal) if m is not None)
 
 

@@ -6,8 +6,10 @@ applying each variant's kernel to every weight tensor directly, without mergekit
 the merged model exactly as merge_quality does (normalised exact match, per seed). Kernels:
 
 * ``task_arithmetic``, ``ours`` (``bilateral_delta`` with ``weighting: energy``, the default
-  before ``weighting: auto``), ``ours_auto`` (``bilateral_delta`` at its defaults) and ``tsv`` (``tsv_delta``;
-  vectors and vocabulary tensors get the mean, as the catalogue's ``tsv``);
+  before ``weighting: auto``), ``ours_auto`` (``bilateral_delta`` at its defaults),
+  ``ours_auto_o1`` (the defaults with the signal-weighted matrices at output weight 1,
+  ``signal_output_weight: 1``) and ``tsv`` (``tsv_delta``; vectors and vocabulary tensors get
+  the mean, as the catalogue's ``tsv``);
 * ``ours_o1``: output weight 1 (normalised); ``ours_energy``: ours rescaled per matrix to the
   experts' energy ``sqrt(sum_i ||tau_i||^2)``; ``ours_x0.8`` / ``ours_x0.6``: fixed scales;
   ``q_proj_sum``: task arithmetic on the attention query projections, ours elsewhere;
@@ -315,6 +317,8 @@ VARIANTS: dict[str, Kernel] = {
     "tsv": _tsv,
     "ours": _ours,
     "ours_auto": lambda d, n: bilateral_delta(d, name=n),  # the catalogue's defaults: weighting auto
+    # auto with its signal-weighted matrices at output weight 1
+    "ours_auto_o1": lambda d, n: bilateral_delta(d, name=n, signal_output_weight=1.0),
     "ours_o1": lambda d, n: _ours(d, n, output_weight=1.0),
     "ours_energy": _energy,
     "ours_x0.8": _scaled(0.8),
@@ -340,12 +344,13 @@ VARIANTS: dict[str, Kernel] = {
     **{f"spectral_p{p:g}_o{o:g}": _matrices_only(lambda d, n, p=p, o=o: spectral_delta(d, p, o))
        for p in (0.0, 0.5, 1.0, 2.0, 4.0) for o in (0.25, 1.0)},
     "spectral_adaptive": adaptive_spectral_delta,
-    **{f"signal_o{o:g}": lambda d, n, o=o: _ours(d, n, weighting="signal", output_weight=o) for o in (0.25, 0.5, 1.0)},
+    **{f"signal_o{o:g}": lambda d, n, o=o: _ours(d, n, weighting="signal", signal_output_weight=o)
+       for o in (0.25, 0.5, 1.0)},
     "interpolation": _matrices_only(lambda d, n: interpolation_delta(d)),
     "product_form": _matrices_only(lambda d, n: product_form_delta(d)),
     "product_form_bulk": _matrices_only(lambda d, n: product_form_delta(d, bulk=True)),
     **{f"tsv_x{f:g}": _matrices_only(lambda d, n, f=f: f * _tsv(d, n)) for f in (0.8, 0.9, 1.1)},
-    **{f"signal_x{f:g}": _matrices_only(lambda d, n, f=f: f * _ours(d, n, weighting="signal", output_weight=0.5))
+    **{f"signal_x{f:g}": _matrices_only(lambda d, n, f=f: f * _ours(d, n, weighting="signal", signal_output_weight=0.5))
        for f in (0.8, 0.9)},
 }
 

@@ -123,7 +123,7 @@ DEFAULT_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("wudi", "wudi", {}),
     ("bilateral_consensus", "bilateral_consensus", {}),
     ("bilateral_consensus[exact]", "bilateral_consensus", {"solver": "exact"}),
-    ("bilateral_consensus[signal]", "bilateral_consensus", {"weighting": "signal", "output_weight": 0.5}),
+    ("bilateral_consensus[signal]", "bilateral_consensus", {"weighting": "signal", "signal_output_weight": 0.5}),
     ("bilateral_consensus[energy]", "bilateral_consensus", {"weighting": "energy"}),
 )
 ALIASES = {"exact": "bilateral_consensus[exact]", "signal": "bilateral_consensus[signal]",

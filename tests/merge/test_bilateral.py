@@ -51,7 +51,7 @@ def test_registered_once_and_catalogued():
     info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
     assert info["description"] and info["defaults"] == {
         "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True, "background": 0.0,
-        "weighting": "auto",
+        "weighting": "auto", "signal_output_weight": 0.25,
     }
 
 
@@ -103,8 +103,11 @@ def test_shared_component_is_counted_once():
     assert ours < 0.25 * err(deltas.sum(0))  # task arithmetic counts the shared part 4 times
     assert ours < 0.7 * err(deltas.mean(0))  # averaging keeps a quarter of each own part
     # The output-side term is what tells a shared part from an own one when the subspaces are
-    # not orthogonal: at its full weight the merge gets closer still.
-    assert err(bilateral_delta(deltas, output_weight=1.0)) < 0.9 * ours
+    # not orthogonal: at its full weight the merge gets closer still, with either weighting
+    # (these low-rank experts take the signal weighting by default).
+    energy = err(bilateral_delta(deltas, weighting="energy"))
+    assert err(bilateral_delta(deltas, weighting="energy", output_weight=1.0)) < 0.9 * energy
+    assert err(bilateral_delta(deltas, signal_output_weight=1.0)) < 0.9 * ours
 
 
 def test_shared_component_on_its_own_subspace_is_counted_once_exactly():
@@ -318,6 +321,8 @@ def test_options_are_checked():
         Options(rank=0)
     with pytest.raises(ValueError, match="output_weight must be a finite number >= 0"):
         Options(output_weight=-0.5)
+    with pytest.raises(ValueError, match="signal_output_weight must be a finite number >= 0"):
+        Options(signal_output_weight=float("inf"))
     with pytest.raises(ValueError, match="background must be a finite number >= 0"):
         Options(background=float("nan"))
     with pytest.raises(ValueError, match="weighting must be one of auto, energy, signal, got 'flat'"):
@@ -554,7 +559,7 @@ def test_signal_weighting_is_the_minimiser_of_its_objective():
     # solution, which is zero there, as the merge is.
     reference = (torch.linalg.pinv(lhs, hermitian=True) @ rhs).reshape(out_dim, in_dim)
     for solver in ("exact", "lowrank"):
-        merged = bilateral_delta(deltas, solver=solver, weighting="signal", output_weight=output_weight)
+        merged = bilateral_delta(deltas, solver=solver, weighting="signal", signal_output_weight=output_weight)
         assert _rel(merged, reference) < 1e-6, solver
     assert _rel(bilateral_delta(deltas, solver="exact", weighting="energy"), reference) > 1e-2  # energy differs
 
@@ -588,12 +593,30 @@ def test_signal_weighting_lowrank_matches_exact_on_noisy_adapters():
     assert _rel(bilateral_delta(deltas, weighting="signal"), exact) < 0.01
 
 
+@pytest.mark.parametrize("solver", ["exact", "lowrank"])
+def test_each_weighting_reads_its_own_output_weight(solver):
+    """auto solves adapters (signal weighting) with signal_output_weight, noise-like full
+    fine-tunes (energy weighting) with output_weight; neither knob moves the other's matrices."""
+    adapters = _low_rank_experts(3, 96, 160, 4, seed=40, noise=1e-4)
+    gen = torch.Generator().manual_seed(41)
+    full = torch.randn(3, 96, 160, generator=gen)
+    assert bilateral.auto_weighting(adapters, 256) == "signal" and bilateral.auto_weighting(full, 256) == "energy"
+    for deltas, moved_by, kept_by in ((adapters, "signal_output_weight", "output_weight"),
+                                      (full, "output_weight", "signal_output_weight")):
+        default = bilateral_delta(deltas, solver=solver)
+        torch.testing.assert_close(bilateral_delta(deltas, solver=solver, **{kept_by: 3.0}), default)
+        assert _rel(bilateral_delta(deltas, solver=solver, **{moved_by: 3.0}), default) > 1e-3, moved_by
+    # The default signal solve is the signal weighting at output weight 0.25.
+    torch.testing.assert_close(bilateral_delta(adapters, solver=solver),
+                               bilateral_delta(adapters, solver=solver, weighting="signal", signal_output_weight=0.25))
+
+
 def test_signal_weighting_by_name_in_a_merge(family):
     base, experts = family
-    merged = _merge(base, experts, parameters={"weighting": "signal", "output_weight": 0.5})
+    merged = _merge(base, experts, parameters={"weighting": "signal", "signal_output_weight": 0.5})
     name = "model.layers.0.self_attn.q_proj.weight"
     deltas = torch.stack([e[name].float() - base[name].float() for e in experts])
-    expected = base[name].float() + bilateral_delta(deltas, name=name, weighting="signal", output_weight=0.5)
+    expected = base[name].float() + bilateral_delta(deltas, name=name, weighting="signal", signal_output_weight=0.5)
     torch.testing.assert_close(merged[name].float(), expected, atol=1e-5, rtol=1e-4)
     assert _rel(merged[name].float(), _merge(base, experts)[name].float()) > 1e-4
 
@@ -612,8 +635,9 @@ def test_signal_weighting_on_a_narrow_matrix_is_exact_from_complete_factors():
 @pytest.mark.parametrize("shape", [(128, 128), (300, 1000), (1000, 768)])
 def test_auto_takes_the_signal_weighting_on_adapters_and_energy_elsewhere(shape):
     """Adapters (rank 8, with or without a bf16-like noise floor) get the signal weighting, on
-    small matrices (full spectra) and large ones (the low-rank solver's factors); dense noise and
-    a mix of an adapter with a full fine-tune get energy, and so does a flat power-law spectrum
+    small matrices (full spectra) and large ones (the low-rank solver's factors); dense noise, a
+    mix of an adapter with a full fine-tune and a steep power law over a noise floor (no spectral
+    gap after its signal directions) get energy, and so does a flat power-law spectrum
     where the full spectrum is looked at (from a factor's tail alone its few leading values can
     read as signal: the method page, "Weighting for LoRA experts")."""
     out_dim, in_dim = shape
@@ -628,6 +652,11 @@ def test_auto_takes_the_signal_weighting_on_adapters_and_energy_elsewhere(shape)
     cases = [("noise", noise_only), ("adapter + full", mixed)]
     if max(shape) <= 512:  # full spectra: a flat power law (sigma_i ~ i^-0.5) has no few leading directions
         cases.append(("flat power law", _decaying(2, out_dim, in_dim, 0.5, seed=42)))
+    # A steep power law over a noise floor, like an AdamW full fine-tune: its few signal directions
+    # hold ~99 % of the energy, but its spectrum runs smoothly through the threshold (no gap).
+    steep = _decaying(2, out_dim, in_dim, 1.5, seed=45)
+    floor = 1e-2 * torch.randn(steep.shape, generator=gen) / min(out_dim, in_dim) ** 0.5
+    cases.append(("steep power law over noise", steep + floor))
     for name, deltas in cases:
         assert bilateral.auto_weighting(deltas, 256) == "energy", name
         torch.testing.assert_close(bilateral_delta(deltas), bilateral_delta(deltas, weighting="energy"), msg=name)
@@ -665,6 +694,11 @@ def test_is_low_rank_needs_few_directions_holding_most_of_the_energy():
     assert not is_low_rank(spectrum, 4, 10 * energy, 32, 64)  # most energy below the threshold: noise-like
     assert not is_low_rank(spectrum, 6, energy, 32, 64, complete=False)  # a factor full of signal
     assert is_low_rank(spectrum, 0, 0.0, 32, 64)  # an unchanged matrix constrains nothing
+    # A smoothly decaying spectrum (a full fine-tune's) has no gap after its signal directions,
+    # however few they are and however much of the energy they hold.
+    smooth = 0.9 ** torch.arange(32, dtype=torch.float64)
+    assert not is_low_rank(smooth, 6, float(smooth.square().sum()), 32, 64)
+    assert is_low_rank(torch.cat([smooth[:6], 1e-3 * smooth[6:]]), 6, float(smooth[:6].square().sum()), 32, 64)
 
 
 def test_default_merge_by_name_takes_auto(family):

@@ -237,7 +237,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 
 # Lower bounds of well-known parameters that have no upper one.
-_MINIMUMS: dict[str, int] = {"max_iter": 1, "rank": 1, "output_weight": 0, "background": 0}
+_MINIMUMS: dict[str, int] = {"max_iter": 1, "rank": 1, "output_weight": 0, "signal_output_weight": 0,
+                             "background": 0}
 
 
 def resolve_parameters(

@@ -40,6 +40,8 @@ alone is added in full, what several learned together is counted once.
   (the Gavish-Donoho threshold, ``signal_rank``) by ``sigma / sigma_1`` instead of every
   direction by ``sigma^4 / ||tau||^4``, and averages the bulk over the experts: an adapter's
   weaker directions keep their say among many adapters; on full fine-tunes ``energy`` is better.
+  Its output side has its own weight, ``signal_output_weight`` (0.25 by default, as the energy
+  weighting's ``output_weight``; docs/methods/bilateral_consensus.md has what 0.5 and 1 do).
   The default, ``weighting: auto``, decides per matrix: ``signal`` where every expert's delta is
   adapter-like (its signal directions at most a quarter of the smaller side, holding most of its
   energy), else ``energy``.
@@ -77,10 +79,16 @@ WEIGHTINGS: tuple[str, ...] = ("auto", "energy", "signal")
 LOW_RANK_SHARE = 0.25
 # ... and those directions hold at least this share of its energy (noise-like deltas do not).
 LOW_RANK_ENERGY = 0.5
+# ... and its spectrum drops off a cliff after them: the last signal value is at least this many
+# times the next one. An adapter's delta has nothing beyond its rank but rounding noise (ratios
+# of 1e5 and more on the benchmark's materialised adapters); a full fine-tune's spectrum decays
+# smoothly through the threshold (1.01-1.34 on its SGD and AdamW full fine-tunes, whose signal
+# directions can fill under a quarter of a matrix and hold 97-99 % of its energy).
+LOW_RANK_GAP = 2.0
 
 DEFAULTS: dict[str, float | int | str | bool] = {
     "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True,
-    "background": 0.0, "weighting": "auto",
+    "background": 0.0, "weighting": "auto", "signal_output_weight": 0.25,
 }
 
 # Oversampling of the randomized range finder (Halko, Martinsson & Tropp 2011, sec. 4.2: 5-10
@@ -250,13 +258,17 @@ def is_low_rank(spectrum: torch.Tensor, kept: int, energy: float, out_dim: int, 
                 complete: bool = True) -> bool:
     """Whether a delta is adapter-like (``weighting: auto``): its ``kept`` signal directions (of
     the leading values ``spectrum``, out of its total ``energy``) fit in ``LOW_RANK_SHARE`` of the
-    smaller side and hold most of its energy (a pure-noise delta has no signal directions, and
-    is no adapter). With a factor that is not ``complete``, the factor must also hold more than
-    the signal: a factor filled with signal may hide more of it."""
+    smaller side, hold most of its energy (a pure-noise delta has no signal directions, and is
+    no adapter) and end in a gap (``LOW_RANK_GAP``: a full fine-tune's spectrum has none). With a
+    factor that is not ``complete``, the factor must also hold more than the signal: a factor
+    filled with signal may hide more of it."""
     if energy <= 0.0:
         return True  # an expert that left the matrix unchanged constrains nothing
     fits = kept <= LOW_RANK_SHARE * min(out_dim, in_dim) and (complete or kept < spectrum.numel())
-    return fits and float(spectrum[:kept].double().square().sum()) >= LOW_RANK_ENERGY * energy
+    if not fits or float(spectrum[:kept].double().square().sum()) < LOW_RANK_ENERGY * energy:
+        return False
+    following = float(spectrum[kept]) if kept < spectrum.numel() else 0.0
+    return float(spectrum[kept - 1]) >= LOW_RANK_GAP * following
 
 
 def _energy64(t: torch.Tensor) -> float:
@@ -436,7 +448,8 @@ def uses_exact_solver(k: int, out_dim: int, in_dim: int, rank: int) -> bool:
 
 
 def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weight: float,
-                       weights: torch.Tensor, background: float = 0.0, weighting: str = "energy") -> torch.Tensor:
+                       weights: torch.Tensor, background: float = 0.0, weighting: str = "energy",
+                       signal_output_weight: float = 0.25) -> torch.Tensor:
     """The bilateral minimiser restricted to the experts' joint subspaces, for [K, out, in].
 
     Every task vector is factored to rank ``ceil(rank / K)`` (in full when its smaller side is at
@@ -455,7 +468,8 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     (``signal_rank`` from the factor's values and the energy it leaves out) before the joint
     bases are taken, and the rest of each task vector joins the averaged tail. ``weighting:
     auto`` does so where every expert's factor is adapter-like (``is_low_rank``), and solves
-    with the energy weighting otherwise.
+    with the energy weighting otherwise. The signal solve uses ``signal_output_weight``, the
+    energy one ``output_weight``.
     """
     in_dim = deltas.shape[2]
     x = deltas.float() if deltas.dtype != torch.float64 else deltas
@@ -497,7 +511,7 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
         projected = [((u.T @ left).double(), s.double(), (v.T @ right).double())
                      for left, s, right in zip(lefts, spectra, rights)]
         with _one_cpu_thread(x):
-            solved = _solve_signal(projected, u.shape[1], v.shape[1], output_weight, eps, x).to(x)
+            solved = _solve_signal(projected, u.shape[1], v.shape[1], signal_output_weight, eps, x).to(x)
         return ((u @ solved) @ v.T + averaged_tail).to(deltas.dtype)
     small = torch.stack([
         ((u.T @ left).double() * s) @ (right.T @ v).double() for left, s, right in zip(lefts, spectra, rights)
@@ -519,12 +533,12 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
             # Small matrices decide on full spectra; the signal solve reuses them.
             spectra = [_gram_spectrum(t) for t in deltas]
             if _spectra_adapter_like(spectra, out_dim, in_dim):
-                return _signal_exact(deltas, options.eps, options.output_weight, spectra)
+                return _signal_exact(deltas, options.eps, options.signal_output_weight, spectra)
             weighting = "energy"
         elif options.solver == "lowrank":
             # Decided on the factors the low-rank solver takes anyway (auto_weighting's rule).
             return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights,
-                                      weighting="auto")
+                                      weighting="auto", signal_output_weight=options.signal_output_weight)
         else:
             weighting = auto_weighting(deltas, options.rank)
     if weighting == "signal":
@@ -532,9 +546,9 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
         # path takes one eigendecomposition of each expert's smaller Gram matrix, so beyond small
         # matrices the low-rank path (exact too when its factors are complete) is the cheaper one.
         if options.solver == "exact" or max(out_dim, in_dim) <= 2 * options.rank:
-            return _signal_exact(deltas, options.eps, options.output_weight)
+            return _signal_exact(deltas, options.eps, options.signal_output_weight)
         return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights,
-                                  weighting="signal")
+                                  weighting="signal", signal_output_weight=options.signal_output_weight)
     if options.solver == "exact" or uses_exact_solver(k, out_dim, in_dim, options.rank):
         return _bilateral_exact(deltas, options.eps, options.output_weight, weights,
                                 options.background / deltas.shape[2])
@@ -568,6 +582,7 @@ class Options:
     normalize: bool = True
     background: float = 0.0
     weighting: str = "auto"
+    signal_output_weight: float = 0.25
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -578,6 +593,9 @@ class Options:
             raise ValueError(f"{METHOD_NAME}: rank must be a whole number >= 1, got {self.rank!r}")
         if not math.isfinite(self.output_weight) or self.output_weight < 0:
             raise ValueError(f"{METHOD_NAME}: output_weight must be a finite number >= 0, got {self.output_weight!r}")
+        if not math.isfinite(self.signal_output_weight) or self.signal_output_weight < 0:
+            raise ValueError(f"{METHOD_NAME}: signal_output_weight must be a finite number >= 0, "
+                             f"got {self.signal_output_weight!r}")
         if not math.isfinite(self.background) or self.background < 0:
             raise ValueError(f"{METHOD_NAME}: background must be a finite number >= 0, got {self.background!r}")
         if self.weighting != "energy" and self.background:
@@ -634,9 +652,10 @@ def bilateral_delta(
 def bilateral_consensus_merge(
     group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256,
     output_weight: float = 0.25, normalize: bool = True, background: float = 0.0, weighting: Weighting = "auto",
+    signal_output_weight: float = 0.25,
 ) -> torch.Tensor:
     options = Options(eps=eps, solver=solver, rank=rank, output_weight=output_weight, normalize=normalize,
-                      background=background, weighting=weighting)
+                      background=background, weighting=weighting, signal_output_weight=signal_output_weight)
     return merge_group(group, METHOD_NAME, lambda deltas: bilateral_delta(
         deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, options=options,
     ))
