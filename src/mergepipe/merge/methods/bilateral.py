@@ -44,7 +44,7 @@ alone is added in full, what several learned together is counted once.
   weighting's ``output_weight``; docs/methods/bilateral_consensus.md has what 0.5 and 1 do).
   The default, ``weighting: auto``, decides per matrix: ``signal`` where every expert's delta is
   adapter-like (its signal directions at most a quarter of the smaller side, holding most of its
-  energy), else ``energy``.
+  energy and followed by a spectral gap), else ``energy``.
 * Inputs are upcast to at least float32, the small spectral step runs in float64 (Gram matrices
   square the condition number), on whatever device mergekit hands the tensors to.
 
