@@ -48,6 +48,13 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
   into its outputs (``product_form_delta``, conjugate gradients), ``product_form_bulk`` with each
   expert's below-threshold remainder averaged over the experts, as ours; ``tsv_x<f>`` / ``signal_x<f>``:
   TSV and ``signal_o0.5`` scaled by ``f`` (is K = 8 a matter of magnitude?).
+* ``ours_bm<b>``: the catalogue's defaults with the base-metric term at ``base_metric_weight: b``
+  (docs/methods/bilateral_consensus.md, "Base-metric term"); the forms tried before it:
+  ``base_metric_<b>`` (the base layer's metric ``W^T W`` on the whole input space, the experts'
+  mean as its target, every matrix), ``bm_signal_<b>`` (the same on the signal-weighted matrices
+  only, restricted to the experts' joint signal row space), ``bm_iso_<b>`` (the identity in place
+  of the base's metric there) and ``bm_own_<b>`` (the base's metric inside each expert's own row
+  space).
 * ``signal_o<o>``: the catalogue's ``weighting: signal`` at output weight ``o`` (``spectral_p1_o<o>``
   with each expert's below-threshold remainder averaged over the experts, not dropped).
 
@@ -66,6 +73,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +83,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import merge_quality as mq
 
 from mergepipe.core.tensor_names import is_vocabulary_tensor
-from mergepipe.merge.methods.bilateral import bilateral_delta, expert_weights, signal_rank, solve_sylvester
+from mergepipe.merge.methods.bilateral import (
+    _gram_spectrum,
+    _signal_factor,
+    _spectra_adapter_like,
+    bilateral_delta,
+    expert_weights,
+    signal_rank,
+    solve_sylvester,
+)
 from mergepipe.merge.methods.tsv import tsv_delta
 from mergepipe.zoo.skills import SKILLS
 
 Kernel = Callable[[torch.Tensor, str], torch.Tensor]
-FAMILIES = ("lora", "lora8", "wide", "zoo")
+FAMILIES = ("lora", "lora8", "gentle", "wide", "zoo")
 OUT = mq.RESULTS / "checks" / "merge_variants.json"
 
 
@@ -438,10 +454,155 @@ def _fused_merge(groups: tuple[FusedGroup, ...]) -> StateMerge:
     return run_fused
 
 
+def _signal_system(x: torch.Tensor, spectra: list[tuple[torch.Tensor, torch.Tensor]], output_weight: float
+                   ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor,
+                              torch.Tensor, torch.Tensor]:
+    """The signal weighting's pieces for a float64 stack: each expert's signal factor, the
+    experts' summed below-threshold remainders, and ``G``, ``H``, ``C / (1 + o)``."""
+    _, out_dim, in_dim = x.shape
+    below = torch.zeros_like(x[0])
+    g_in, g_out, rhs = x.new_zeros(in_dim, in_dim), x.new_zeros(out_dim, out_dim), torch.zeros_like(x[0])
+    factors = []
+    for t, (s, vectors) in zip(x, spectra):
+        left, s, right = _signal_factor(t, s, vectors, signal_rank(s, out_dim, in_dim))
+        factors.append((left, s, right))
+        below += t - (left * s) @ right.T
+        if s.numel() == 0:
+            continue
+        weight = s / s[0]
+        g_in += (right * weight) @ right.T
+        g_out += output_weight * ((left * weight) @ left.T)
+        rhs += (left * (s * weight)) @ right.T
+    return factors, below, g_in, g_out, rhs
+
+
+def _adapter_system(deltas: torch.Tensor, output_weight: float) -> tuple[Any, ...] | None:
+    """``(x, factors, below, G, H, C / (1 + o))`` of ``_signal_system`` for a stack whose experts are
+    all adapter-like (``weighting: auto``'s rule), else None."""
+    x = deltas.double()
+    spectra = [_gram_spectrum(t) for t in x]
+    if not _spectra_adapter_like(spectra, *x.shape[1:]):
+        return None
+    return (x, *_signal_system(x, spectra, output_weight))
+
+
+def base_metric_delta(deltas: torch.Tensor, base_weight: torch.Tensor, strength: float,
+                      output_weight: float = 0.25, name: str = "") -> torch.Tensor:
+    """Ours at its defaults (``weighting: auto``, solved exactly) plus a background input term in the
+    metric of the *base* layer: ``sum_i l ||(M - tau_i) S^(1/2)||^2`` with ``S = W^T W`` of the base
+    matrix, scaled to trace ``in``, and ``l = strength * tr(G) / (K in)``.
+
+    Why: an expert's row space stands for its inputs only in part (a LoRA adapter's input factor
+    starts random), while the inputs of every task live where the base layer reads; on those
+    directions every other expert's delta acts too. ``S`` is a data-free stand-in for them. The
+    term keeps the closed form: ``G`` gains ``L S`` and ``C`` gains ``L mean_i(tau_i) S``."""
+    x = deltas.double()
+    k, out_dim, in_dim = x.shape
+    spectra = [_gram_spectrum(t) for t in x]
+    base64 = base_weight.double()
+    metric = base64.T @ base64
+    metric *= in_dim / float(torch.diagonal(metric).sum().clamp_min(1e-300))
+    if _spectra_adapter_like(spectra, out_dim, in_dim):
+        factors, below, g_in, g_out, rhs = _signal_system(x, spectra, output_weight)
+        anchor = torch.stack([(left * s) @ right.T for left, s, right in factors]).mean(0)
+    else:
+        below = torch.zeros_like(x[0])
+        g_in, g_out, rhs = x.new_zeros(in_dim, in_dim), x.new_zeros(out_dim, out_dim), torch.zeros_like(x[0])
+        weights = expert_weights(deltas, True)
+        for weight, t in zip(weights.tolist(), x):
+            if weight == 0.0:
+                continue
+            a2 = (t.T @ t) @ (t.T @ t)
+            b2 = (t @ t.T) @ (t @ t.T)
+            g_in += weight * a2
+            g_out += weight * output_weight * b2
+            rhs += weight * (t @ a2)
+        anchor = x.mean(0)
+    total = strength * float(torch.diagonal(g_in).sum()) / in_dim
+    g_in += total * metric
+    merged = solve_sylvester(g_out, g_in, (1.0 + output_weight) * rhs + total * (anchor @ metric), 1e-12)
+    return (merged + below / k).to(deltas.dtype)
+
+
+def base_metric_signal_delta(deltas: torch.Tensor, base_weight: torch.Tensor, strength: float,
+                             output_weight: float = 0.25, name: str = "", isotropic: bool = False) -> torch.Tensor:
+    """``base_metric_delta`` on the signal-weighted (adapter-like) matrices only, with the base
+    metric restricted to the experts' joint signal row space ``V`` (``P_V W^T W P_V``, scaled to
+    trace ``dim V``; ``l = strength * tr(G) / (K dim V)``), so that the answer stays inside the
+    experts' joint subspaces, as the low-rank solver's is; ours at its defaults elsewhere."""
+    system = _adapter_system(deltas, output_weight)
+    if system is None:
+        return bilateral_delta(deltas, name=name)
+    x, factors, below, g_in, g_out, rhs = system
+    k = x.shape[0]
+    joint, _ = torch.linalg.qr(torch.cat([right for _, _, right in factors], 1))
+    read = base_weight.double() @ joint  # the base layer on the joint row space
+    inner = torch.eye(joint.shape[1], dtype=x.dtype) if isotropic else read.T @ read
+    dim = joint.shape[1]
+    inner *= dim / float(torch.diagonal(inner).sum().clamp_min(1e-300))
+    metric = joint @ inner @ joint.T
+    total = strength * float(torch.diagonal(g_in).sum()) / dim
+    g_in += total * metric
+    anchor = torch.stack([(left * s) @ right.T for left, s, right in factors]).mean(0)
+    merged = solve_sylvester(g_out, g_in, (1.0 + output_weight) * rhs + total * (anchor @ metric), 1e-12)
+    return (merged + below / k).to(deltas.dtype)
+
+
+def base_metric_own_delta(deltas: torch.Tensor, base_weight: torch.Tensor, strength: float,
+                          output_weight: float = 0.25, name: str = "") -> torch.Tensor:
+    """Like ``base_metric_signal_delta`` but each expert's base-metric term lives in its own signal
+    row space: ``sum_i ||(M - tau_i) S_i^(1/2)||^2``, ``S_i = R_i (R_i^T W^T W R_i) R_i^T`` scaled
+    to ``strength`` times the trace of the expert's signal term. Experts with orthogonal row and
+    column spaces still merge to their sum, identical ones to the expert."""
+    system = _adapter_system(deltas, output_weight)
+    if system is None:
+        return bilateral_delta(deltas, name=name)
+    x, factors, below, g_in, g_out, rhs = system
+    k = x.shape[0]
+    base64 = base_weight.double()
+    for left, s, right in factors:
+        if s.numel() == 0:
+            continue
+        read = base64 @ right
+        inner = read.T @ read
+        inner *= strength * float((s / s[0]).sum()) / float(torch.diagonal(inner).sum().clamp_min(1e-300))
+        g_in += right @ inner @ right.T
+        rhs += (1.0 / (1.0 + output_weight)) * ((left * s) @ inner @ right.T)
+    merged = solve_sylvester(g_out, g_in, (1.0 + output_weight) * rhs, 1e-12)
+    return (merged + below / k).to(deltas.dtype)
+
+
+def _state_kernel(delta: Callable[..., torch.Tensor], strength: float) -> StateMerge:
+    """A state merge that applies ``delta(deltas, base_weight, strength, name=...)`` to every matrix
+    and ours at its defaults to every other tensor."""
+    def run_kernel(base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        merged = {}
+        for name, weight in base.items():
+            deltas = torch.stack([e[name].float() - weight.float() for e in experts])
+            if not bool(deltas.any()):
+                merged[name] = weight
+                continue
+            change = (delta(deltas, weight.float(), strength, name=name) if is_matrix(deltas, name)
+                      else bilateral_delta(deltas, name=name))
+            merged[name] = (weight.float() + change).to(weight.dtype)
+        return merged
+    return run_kernel
+
+
+def _ours_base_metric(deltas: torch.Tensor, base_weight: torch.Tensor, strength: float, name: str) -> torch.Tensor:
+    return bilateral_delta(deltas, name=name, base=base_weight, base_metric_weight=strength)
+
+
 # Variants that need several tensors at once (not one kernel per tensor).
 STATE_VARIANTS: dict[str, StateMerge] = {
     **{name: _fused_merge(groups) for name, groups in FUSED_LAYOUTS.items()},
     "qk_read_metric": qk_read_merge,
+    **{f"base_metric_{b:g}": _state_kernel(base_metric_delta, b) for b in (0.1, 0.3, 1.0)},
+    **{f"bm_signal_{b:g}": _state_kernel(base_metric_signal_delta, b) for b in (0.1, 0.2, 0.3, 1.0, 3.0)},
+    **{f"bm_own_{b:g}": _state_kernel(base_metric_own_delta, b) for b in (0.3, 1.0, 3.0)},
+    **{f"bm_iso_{b:g}": _state_kernel(partial(base_metric_signal_delta, isotropic=True), b) for b in (0.1, 0.2, 0.3)},
+    # The catalogue's defaults with the base-metric term (``base_metric_weight``) at weight b.
+    **{f"ours_bm{b:g}": _state_kernel(_ours_base_metric, b) for b in (0.3, 0.5, 1.0)},
 }
 
 
@@ -454,7 +615,8 @@ def merge(variant: str, base: dict[str, torch.Tensor], experts: list[dict[str, t
 
 
 # merge_quality's own recipe builders at their default options: the experts of its published plan.
-REGIMES = {"lora": mq.lora_regime, "lora8": mq.lora8_regime, "wide": mq.wide_regime, "zoo": mq.zoo_regime}
+REGIMES = {"lora": mq.lora_regime, "lora8": mq.lora8_regime, "gentle": mq.gentle_regime, "wide": mq.wide_regime,
+           "zoo": mq.zoo_regime}
 
 
 def family_setup(args: argparse.Namespace) -> tuple[mq.Regime, dict[str, torch.Tensor], mq.Evaluator]:
@@ -529,7 +691,7 @@ def _variants(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--family", choices=FAMILIES, default="lora",
-                   help="whose experts: lora, lora8 (rank 8), wide or zoo (the zoo recipe)")
+                   help="whose experts: lora, lora8 (rank 8), gentle (full fine-tunes), wide or zoo (the zoo recipe)")
     p.add_argument("--variants", type=_variants, default=("task_arithmetic", "tsv", "ours"),
                    help=f"comma-separated, of {', '.join([*VARIANTS, *STATE_VARIANTS])}")
     p.add_argument("--experts", type=lambda t: _numbers(t, "--experts"), default=(4, 8), help="K values")

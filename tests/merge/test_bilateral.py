@@ -51,7 +51,7 @@ def test_registered_once_and_catalogued():
     info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
     assert info["description"] and info["defaults"] == {
         "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True, "background": 0.0,
-        "weighting": "auto", "signal_output_weight": 0.25,
+        "weighting": "auto", "signal_output_weight": 0.25, "base_metric_weight": 0.0,
     }
 
 
@@ -325,6 +325,10 @@ def test_options_are_checked():
         Options(signal_output_weight=float("inf"))
     with pytest.raises(ValueError, match="background must be a finite number >= 0"):
         Options(background=float("nan"))
+    with pytest.raises(ValueError, match="base_metric_weight must be a finite number >= 0"):
+        Options(base_metric_weight=-1.0)
+    with pytest.raises(ValueError, match="base_metric_weight applies to weighting: signal or auto only"):
+        Options(weighting="energy", base_metric_weight=1.0)
     with pytest.raises(ValueError, match="weighting must be one of auto, energy, signal, got 'flat'"):
         Options(weighting="flat")
     with pytest.raises(ValueError, match="background applies to weighting: energy only"):
@@ -709,3 +713,97 @@ def test_default_merge_by_name_takes_auto(family):
     weighting = bilateral.auto_weighting(deltas, 256)
     expected = base[name].float() + bilateral_delta(deltas, name=name, weighting=weighting)
     torch.testing.assert_close(merged[name].float(), expected, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the base-metric term (option)
+
+
+def _base_metric_reference(deltas: torch.Tensor, base: torch.Tensor, output_weight: float, strength: float,
+                           rank: int) -> torch.Tensor:
+    """The minimum-norm minimiser of the signal objective plus sum_i ||(M - tau_i) C_i^1/2||^2,
+    C_i = S R_i R_i^T S (S: the base's W^T W on the experts' joint row space, mean eigenvalue 1;
+    C_i scaled to strength * sum F_i), by a dense Kronecker solve of its normal equations."""
+    out_dim, in_dim = deltas.shape[1:]
+    svds = [torch.linalg.svd(t, full_matrices=False) for t in deltas]
+    joint, _ = torch.linalg.qr(torch.cat([vh[:rank].T for _, _, vh in svds], 1))
+    metric = joint @ joint.T @ base.T @ base @ joint @ joint.T
+    metric *= joint.shape[1] / torch.trace(metric)
+    lhs = torch.zeros(out_dim * in_dim, out_dim * in_dim, dtype=torch.float64)
+    rhs = torch.zeros(out_dim * in_dim, dtype=torch.float64)
+    eye_out, eye_in = torch.eye(out_dim, dtype=torch.float64), torch.eye(in_dim, dtype=torch.float64)
+    for t, (u, s, vh) in zip(deltas, svds):
+        u, s, vh = u[:, :rank], s[:rank], vh[:rank]
+        f = s / s[0]
+        coupling = metric @ vh.T @ vh @ metric
+        coupling *= strength * f.sum() / torch.trace(coupling)
+        op = (torch.kron(eye_out, ((vh.T * f) @ vh + coupling).T.contiguous())
+              + output_weight * torch.kron((u * f) @ u.T, eye_in))
+        lhs += op
+        rhs += op @ t.reshape(-1)
+    return (torch.linalg.pinv(lhs, hermitian=True) @ rhs).reshape(out_dim, in_dim)
+
+
+@pytest.mark.parametrize("strength", [0.5, 2.0])
+def test_base_metric_term_is_the_minimiser_of_its_objective(strength):
+    deltas = _low_rank_experts(3, 12, 10, 2, seed=50).double() * torch.tensor([1.0, 3.0, 0.5]).double()[:, None, None]
+    base = torch.randn(12, 10, generator=torch.Generator().manual_seed(51), dtype=torch.float64)
+    reference = _base_metric_reference(deltas, base, 0.25, strength, rank=2)
+    for solver in ("exact", "lowrank"):
+        merged = bilateral_delta(deltas, solver=solver, weighting="signal", base=base, base_metric_weight=strength)
+        assert _rel(merged, reference) < 1e-6, solver
+        # ... and it is a different merge from the one without the term.
+        assert _rel(bilateral_delta(deltas, solver=solver, weighting="signal"), reference) > 1e-2
+
+
+@pytest.mark.parametrize("solver", ["exact", "lowrank"])
+def test_base_metric_term_keeps_the_sanity_properties(solver):
+    gen = torch.Generator().manual_seed(52)
+    u, _ = torch.linalg.qr(torch.randn(200, 8, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(300, 300, generator=gen))
+    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
+    b = 20.0 * u[:, 4:] @ torch.randn(4, 4, generator=gen) @ v[:, 4:8].T
+    coupled_base = torch.randn(200, 300, generator=gen)
+    options = {"solver": solver, "rank": 16, "base_metric_weight": 1.0}
+    # One expert, and identical experts: the expert, whatever the base.
+    torch.testing.assert_close(bilateral_delta(a[None], base=coupled_base, **options), a)
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, a, a]), base=coupled_base, **options), a,
+                               atol=1e-6, rtol=1e-4)
+    # Orthogonal outputs and row spaces orthogonal in the base's metric (a base that reads the
+    # two row spaces through orthogonal columns): the sum, as without the term.
+    separate_base = u @ v[:, :8].T
+    torch.testing.assert_close(bilateral_delta(torch.stack([a, b]), base=separate_base, **options), a + b,
+                               atol=1e-5, rtol=1e-4)
+    # A base that reads both row spaces together couples them: another expert's delta is held
+    # back on what the base reads with an expert's inputs, and the merge is no longer the sum.
+    coupled = bilateral_delta(torch.stack([a, b]), base=coupled_base, **options)
+    assert _rel(coupled, a + b) > 1e-2
+
+
+def test_base_metric_term_lowrank_matches_exact_and_leaves_energy_matrices_alone():
+    deltas = _low_rank_experts(4, 700, 600, 8, seed=53, noise=1e-3)
+    base = torch.randn(700, 600, generator=torch.Generator().manual_seed(54)) / 30
+    assert not uses_exact_solver(4, 700, 600, 256)
+    exact = bilateral_delta(deltas, solver="exact", base=base, base_metric_weight=1.0)
+    assert _rel(bilateral_delta(deltas, base=base, base_metric_weight=1.0), exact) < 1e-4
+    assert _rel(exact, bilateral_delta(deltas, solver="exact")) > 1e-2
+    # Full fine-tunes (auto takes the energy weighting): the term does not apply.
+    full = torch.randn(3, 96, 160, generator=torch.Generator().manual_seed(55))
+    for solver in ("exact", "lowrank"):
+        torch.testing.assert_close(bilateral_delta(full, solver=solver, base=base[:96, :160], base_metric_weight=1.0),
+                                   bilateral_delta(full, solver=solver))
+    with pytest.raises(ValueError, match="base_metric_weight needs the base tensor"):
+        bilateral_delta(deltas, base_metric_weight=1.0)
+
+
+def test_base_metric_term_by_name_in_a_merge(family):
+    """Through mergekit the method hands the base tensor to the term (adapter-like experts on the
+    query projection of the tiny family's base)."""
+    base, _ = family
+    name = "model.layers.0.self_attn.q_proj.weight"
+    deltas = _low_rank_experts(3, *base[name].shape, 2, seed=56, noise=1e-4) * 0.05
+    experts = [{**base, name: (base[name].float() + d).to(base[name].dtype)} for d in deltas]
+    deltas = torch.stack([e[name].float() - base[name].float() for e in experts])
+    merged = _merge(base, experts, parameters={"base_metric_weight": 0.5})
+    expected = base[name].float() + bilateral_delta(deltas, name=name, base=base[name].float(), base_metric_weight=0.5)
+    torch.testing.assert_close(merged[name].float(), expected, atol=1e-5, rtol=1e-4)
+    assert _rel(merged[name].float(), _merge(base, experts)[name].float()) > 1e-4

@@ -70,7 +70,7 @@ def test_options_are_checked_and_the_table_has_one_row_per_variant(variants):
     parser = variants.build_parser()
     args = parser.parse_args(["--variants", "ours,geometric_p0.5", "--experts", "2,4", "--seeds", "5"])
     assert args.variants == ("ours", "geometric_p0.5") and args.experts == (2, 4) and args.seeds == (5,)
-    for bad in (["--variants", "ours,nope"], ["--seeds", "a"], ["--family", "gentle"]):
+    for bad in (["--variants", "ours,nope"], ["--seeds", "a"], ["--family", "huge"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
     table = variants.markdown({
@@ -295,3 +295,20 @@ def test_the_product_form_drops_the_bulk_unless_told_to_average_it_back(variants
     assert float((signal_only - expert).norm()) > 1e-3
     assert float((signal_only - expert).norm()) < 0.1 * float(expert.norm())
     torch.testing.assert_close(variants.product_form_delta(pair, bulk=True), expert)
+
+
+def test_base_metric_variants_reduce_to_the_default_at_zero_and_ours_bm_is_the_catalogue_option(variants):
+    from mergepipe.merge.methods.bilateral import bilateral_delta
+
+    gen = torch.Generator().manual_seed(9)
+    base = torch.randn(24, 32, generator=gen)
+    deltas = torch.stack([torch.randn(24, 2, generator=gen) @ torch.randn(2, 32, generator=gen) for _ in range(3)])
+    default = bilateral_delta(deltas, name="q_proj.weight")
+    for kernel in (variants.base_metric_signal_delta, variants.base_metric_own_delta):
+        torch.testing.assert_close(kernel(deltas, base, 0.0), default, atol=1e-6, rtol=1e-5)
+        assert float((kernel(deltas, base, 1.0) - default).norm()) > 1e-4 * float(default.norm())
+    name = "model.layers.0.self_attn.q_proj.weight"
+    state = {name: base}
+    merged = variants.STATE_VARIANTS["ours_bm1"](state, [{name: base + d} for d in deltas])
+    expected = base + bilateral_delta(deltas, name=name, base=base, base_metric_weight=1.0)
+    torch.testing.assert_close(merged[name], expected, atol=1e-6, rtol=1e-5)

@@ -238,7 +238,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
 
 # Lower bounds of well-known parameters that have no upper one.
 _MINIMUMS: dict[str, int] = {"max_iter": 1, "rank": 1, "output_weight": 0, "signal_output_weight": 0,
-                             "background": 0}
+                             "base_metric_weight": 0, "background": 0}
 
 
 def resolve_parameters(
@@ -361,11 +361,16 @@ def _check_della(method: MethodInfo, shared: dict[str, Any], per_model: dict[str
 
 def _check_bilateral(method: MethodInfo, shared: dict[str, Any], where: str) -> None:
     # The background term is defined for the energy weighting only (the method raises at merge
-    # time; this says so before any model is loaded).
+    # time; this says so before any model is loaded) ...
     weighting = shared.get("weighting", "auto")  # resolve_parameters fills in the method's default
     if weighting != "energy" and shared.get("background", 0.0):
         raise ConfigError(f"{where}.parameters.background: applies to weighting: energy only, "
                           f"got {shared['background']!r} with weighting: {weighting} (set weighting: energy)")
+    # ... and the base-metric term for the signal weighting only (a no-op elsewhere, so a typo'd
+    # combination would silently merge without it).
+    if weighting == "energy" and shared.get("base_metric_weight", 0.0):
+        raise ConfigError(f"{where}.parameters.base_metric_weight: applies to weighting: signal or auto only, "
+                          f"got {shared['base_metric_weight']!r} with weighting: energy")
 
 
 def check_expert_count(method: MethodInfo, n_experts: int, has_base: bool, where: str) -> None:

@@ -45,6 +45,11 @@ alone is added in full, what several learned together is counted once.
   The default, ``weighting: auto``, decides per matrix: ``signal`` where every expert's delta is
   adapter-like (its signal directions at most a quarter of the smaller side, holding most of its
   energy and followed by a spectral gap), else ``energy``.
+* ``base_metric_weight`` (off by default) adds, on the signal-weighted matrices, a term that
+  reads each expert's row space through the base layer's metric ``W^T W`` (``base_metric_terms``):
+  an adapter's row space stands for its task's inputs only in part, and another expert's delta
+  is held back on what the base reads together with them. It needs the base tensor, which
+  mergekit hands to the method with every group.
 * Inputs are upcast to at least float32, the small spectral step runs in float64 (Gram matrices
   square the condition number), on whatever device mergekit hands the tensors to.
 
@@ -88,7 +93,7 @@ LOW_RANK_GAP = 2.0
 
 DEFAULTS: dict[str, float | int | str | bool] = {
     "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True,
-    "background": 0.0, "weighting": "auto", "signal_output_weight": 0.25,
+    "background": 0.0, "weighting": "auto", "signal_output_weight": 0.25, "base_metric_weight": 0.0,
 }
 
 # Oversampling of the randomized range finder (Halko, Martinsson & Tropp 2011, sec. 4.2: 5-10
@@ -336,12 +341,16 @@ def auto_weighting(deltas: torch.Tensor, rank: int) -> str:
 
 
 def _solve_signal(factors: list[Factor], out_dim: int, in_dim: int, output_weight: float, eps: float,
-                  like: torch.Tensor) -> torch.Tensor:
+                  like: torch.Tensor, reader: torch.Tensor | None = None,
+                  base_metric_weight: float = 0.0) -> torch.Tensor:
     """The bilateral minimiser with ``weighting: signal``, in float64, from each expert's signal
     factors: ``H = o sum_i L_i F_i L_i^T``, ``G = sum_i R_i F_i R_i^T``,
     ``C = (1 + o) sum_i L_i S_i F_i R_i^T`` with ``F_i = S_i / s_i1`` (each signal direction
     weighted by its singular value relative to the expert's largest: scale-free, as ``normalize``
-    is for the energy weighting)."""
+    is for the energy weighting).
+
+    With ``base_metric_weight`` and ``reader`` (the base matrix in the factors' input
+    coordinates) each expert also gets the base-metric term (``base_metric_terms``)."""
     gram_in = like.new_zeros(in_dim, in_dim, dtype=torch.float64)
     gram_out = like.new_zeros(out_dim, out_dim, dtype=torch.float64)
     rhs = like.new_zeros(out_dim, in_dim, dtype=torch.float64)
@@ -352,11 +361,60 @@ def _solve_signal(factors: list[Factor], out_dim: int, in_dim: int, output_weigh
         gram_in += (right * weight) @ right.T
         gram_out += output_weight * ((left * weight) @ left.T)
         rhs += (left * (s * weight)) @ right.T
-    return solve_sylvester(gram_out, gram_in, (1.0 + output_weight) * rhs, eps)
+    rhs *= 1.0 + output_weight
+    if base_metric_weight and reader is not None:
+        extra_gram, extra_rhs = base_metric_terms(factors, reader, base_metric_weight)
+        gram_in += extra_gram
+        rhs += extra_rhs
+    return solve_sylvester(gram_out, gram_in, rhs, eps)
+
+
+def base_metric_terms(factors: list[Factor], reader: torch.Tensor, strength: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``base_metric_weight`` adds to the signal solve's ``G`` and ``C`` (float64).
+
+    An adapter's row space stands for its task's inputs only in part (its input factor starts
+    random); those inputs also reach the directions the base layer reads together with them.
+    With ``S = P_V W^T W P_V`` (the base matrix ``W``'s metric on the experts' joint signal row
+    space ``V``, scaled to mean eigenvalue 1) expert ``i``'s inputs are read as ``S R_i``, and
+    the term ``sum_i ||(M - tau_i) C_i^(1/2)||^2``, ``C_i = S R_i R_i^T S`` scaled to
+    ``strength * sum_j F_ij`` (the trace of the expert's own signal term), asks the merge to act
+    like ``tau_i`` there too: another expert's delta that reads what the base metric couples to
+    expert ``i``'s inputs is held back. It adds ``sum_i C_i`` to ``G`` and ``sum_i tau_i C_i`` to
+    ``C``. Experts with identical factors still return the expert, and experts whose outputs are
+    orthogonal and whose row spaces are orthogonal in the base metric (``R_i^T S R_j = 0``) still
+    merge to their sum. Staying inside ``V`` keeps the low-rank solver's answer equal to the
+    exact one's."""
+    rights = [right for _, s, right in factors if s.numel()]
+    first = factors[0][2]
+    gram = first.new_zeros(first.shape[0], first.shape[0], dtype=torch.float64)
+    rhs = first.new_zeros(factors[0][0].shape[0], first.shape[0], dtype=torch.float64)
+    if not rights:
+        return gram, rhs
+    joint, _ = torch.linalg.qr(torch.cat(rights, 1).double())
+    read = reader.double() @ joint
+    inner = read.T @ read
+    trace = float(torch.diagonal(inner).sum())
+    if not trace > 0.0:  # a zero base layer reads nothing
+        return gram, rhs
+    metric = joint @ (inner * (joint.shape[1] / trace)) @ joint.T
+    for left, s, right in factors:
+        if s.numel() == 0:
+            continue
+        reach = metric @ right.double()  # expert i's inputs, as the base layer reads them
+        coupling = reach @ reach.T
+        size = float(torch.diagonal(coupling).sum())
+        if not size > 0.0:
+            continue
+        coupling *= strength * float((s / s[0]).sum()) / size
+        gram += coupling
+        rhs += ((left.double() * s.double()) @ right.double().T) @ coupling
+    return gram, rhs
 
 
 def _signal_exact(deltas: torch.Tensor, eps: float, output_weight: float,
-                  spectra: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+                  spectra: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  base: torch.Tensor | None = None, base_metric_weight: float = 0.0) -> torch.Tensor:
     """``weighting: signal`` with full spectra: each expert's directions above its Gavish-Donoho
     threshold enter the objective, weighted by ``sigma / sigma_1``; what lies below (its noise
     bulk) is averaged over the experts, as the low-rank solver averages what its factors leave
@@ -368,7 +426,8 @@ def _signal_exact(deltas: torch.Tensor, eps: float, output_weight: float,
         left, s, right = _signal_factor(t, s, vectors, signal_rank(s, *t.shape))
         factors.append((left, s, right))
         below += t - (left * s) @ right.T
-    merged = _solve_signal(factors, x.shape[1], x.shape[2], output_weight, eps, x) + below / x.shape[0]
+    merged = _solve_signal(factors, x.shape[1], x.shape[2], output_weight, eps, x, base,
+                           base_metric_weight) + below / x.shape[0]
     return merged.to(deltas.dtype)
 
 
@@ -449,7 +508,8 @@ def uses_exact_solver(k: int, out_dim: int, in_dim: int, rank: int) -> bool:
 
 def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weight: float,
                        weights: torch.Tensor, background: float = 0.0, weighting: str = "energy",
-                       signal_output_weight: float = 0.25) -> torch.Tensor:
+                       signal_output_weight: float = 0.25, base: torch.Tensor | None = None,
+                       base_metric_weight: float = 0.0) -> torch.Tensor:
     """The bilateral minimiser restricted to the experts' joint subspaces, for [K, out, in].
 
     Every task vector is factored to rank ``ceil(rank / K)`` (in full when its smaller side is at
@@ -510,8 +570,11 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
             return averaged_tail.to(deltas.dtype)
         projected = [((u.T @ left).double(), s.double(), (v.T @ right).double())
                      for left, s, right in zip(lefts, spectra, rights)]
+        # The base matrix in the joint row space's coordinates: the base-metric term lives there.
+        reader = base.to(x) @ v if base is not None and base_metric_weight else None
         with _one_cpu_thread(x):
-            solved = _solve_signal(projected, u.shape[1], v.shape[1], signal_output_weight, eps, x).to(x)
+            solved = _solve_signal(projected, u.shape[1], v.shape[1], signal_output_weight, eps, x, reader,
+                                   base_metric_weight).to(x)
         return ((u @ solved) @ v.T + averaged_tail).to(deltas.dtype)
     small = torch.stack([
         ((u.T @ left).double() * s) @ (right.T @ v).double() for left, s, right in zip(lefts, spectra, rights)
@@ -521,7 +584,7 @@ def _bilateral_lowrank(deltas: torch.Tensor, eps: float, rank: int, output_weigh
     return ((u @ solved) @ v.T + averaged_tail).to(deltas.dtype)
 
 
-def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
+def _bilateral(deltas: torch.Tensor, options: Options, base: torch.Tensor | None = None) -> torch.Tensor:
     # The weights come from the full task vectors, so both solvers weigh the experts alike.
     weights = expert_weights(deltas, options.normalize)
     # The low-rank solver hands small matrices, and narrow ones where that is faster, to the
@@ -533,12 +596,14 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
             # Small matrices decide on full spectra; the signal solve reuses them.
             spectra = [_gram_spectrum(t) for t in deltas]
             if _spectra_adapter_like(spectra, out_dim, in_dim):
-                return _signal_exact(deltas, options.eps, options.signal_output_weight, spectra)
+                return _signal_exact(deltas, options.eps, options.signal_output_weight, spectra, base,
+                                     options.base_metric_weight)
             weighting = "energy"
         elif options.solver == "lowrank":
             # Decided on the factors the low-rank solver takes anyway (auto_weighting's rule).
             return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights,
-                                      weighting="auto", signal_output_weight=options.signal_output_weight)
+                                      weighting="auto", signal_output_weight=options.signal_output_weight,
+                                      base=base, base_metric_weight=options.base_metric_weight)
         else:
             weighting = auto_weighting(deltas, options.rank)
     if weighting == "signal":
@@ -546,9 +611,11 @@ def _bilateral(deltas: torch.Tensor, options: Options) -> torch.Tensor:
         # path takes one eigendecomposition of each expert's smaller Gram matrix, so beyond small
         # matrices the low-rank path (exact too when its factors are complete) is the cheaper one.
         if options.solver == "exact" or max(out_dim, in_dim) <= 2 * options.rank:
-            return _signal_exact(deltas, options.eps, options.signal_output_weight)
+            return _signal_exact(deltas, options.eps, options.signal_output_weight, base=base,
+                                 base_metric_weight=options.base_metric_weight)
         return _bilateral_lowrank(deltas, options.eps, options.rank, options.output_weight, weights,
-                                  weighting="signal", signal_output_weight=options.signal_output_weight)
+                                  weighting="signal", signal_output_weight=options.signal_output_weight,
+                                  base=base, base_metric_weight=options.base_metric_weight)
     if options.solver == "exact" or uses_exact_solver(k, out_dim, in_dim, options.rank):
         return _bilateral_exact(deltas, options.eps, options.output_weight, weights,
                                 options.background / deltas.shape[2])
@@ -583,6 +650,7 @@ class Options:
     background: float = 0.0
     weighting: str = "auto"
     signal_output_weight: float = 0.25
+    base_metric_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -596,14 +664,21 @@ class Options:
         if not math.isfinite(self.signal_output_weight) or self.signal_output_weight < 0:
             raise ValueError(f"{METHOD_NAME}: signal_output_weight must be a finite number >= 0, "
                              f"got {self.signal_output_weight!r}")
+        if not math.isfinite(self.base_metric_weight) or self.base_metric_weight < 0:
+            raise ValueError(f"{METHOD_NAME}: base_metric_weight must be a finite number >= 0, "
+                             f"got {self.base_metric_weight!r}")
         if not math.isfinite(self.background) or self.background < 0:
             raise ValueError(f"{METHOD_NAME}: background must be a finite number >= 0, got {self.background!r}")
+        if self.weighting == "energy" and self.base_metric_weight:
+            raise ValueError(f"{METHOD_NAME}: base_metric_weight applies to weighting: signal or auto only, got "
+                             f"base_metric_weight {self.base_metric_weight!r} with weighting: energy")
         if self.weighting != "energy" and self.background:
             raise ValueError(f"{METHOD_NAME}: background applies to weighting: energy only, got background "
                              f"{self.background!r} with weighting: {self.weighting}")
 
 
-def _merge_shared(deltas: torch.Tensor, axis: int | None, input_embedding: bool, options: Options) -> torch.Tensor:
+def _merge_shared(deltas: torch.Tensor, axis: int | None, input_embedding: bool, options: Options,
+                  base: torch.Tensor | None = None) -> torch.Tensor:
     if deltas.dim() <= 2:  # scalars and vectors: per element
         return _weighted_mean(deltas, ())
     if axis is not None:  # vocabulary rows: per row
@@ -613,7 +688,8 @@ def _merge_shared(deltas: torch.Tensor, axis: int | None, input_embedding: bool,
         return merged.reshape(moved.shape[1:]).movedim(0, axis)
     k = deltas.shape[0]
     matrices = deltas.reshape(k, deltas.shape[1], -1)  # conv-like weights: flatten the fan-in
-    return _bilateral(matrices, options).reshape(deltas.shape[1:])
+    base_matrix = base.reshape(base.shape[0], -1) if base is not None else None
+    return _bilateral(matrices, options, base_matrix).reshape(deltas.shape[1:])
 
 
 def bilateral_delta(
@@ -622,12 +698,16 @@ def bilateral_delta(
     name: str | None = None,
     vocab_axis: int | None = None,
     options: Options | None = None,
+    base: torch.Tensor | None = None,
     **parameters: float | int | str | bool,
 ) -> torch.Tensor:
     """The merged task vector for stacked expert task vectors ``deltas`` [K, *shape].
 
-    ``options``, or the method's parameters by name (``solver="exact"``, ...)."""
+    ``options``, or the method's parameters by name (``solver="exact"``, ...). ``base`` (the base
+    tensor, shaped like one task vector) is needed by ``base_metric_weight`` > 0 only."""
     options = options or Options(**parameters)  # type: ignore[arg-type]
+    if options.base_metric_weight and base is None:
+        raise ValueError(f"{METHOD_NAME}: base_metric_weight needs the base tensor")
     if deltas.shape[0] == 1:
         return deltas[0].clone()
     axis = vocabulary_axis(name, vocab_axis, deltas.dim() - 1)
@@ -637,11 +717,11 @@ def bilateral_delta(
     touched = (deltas != 0).sum(0)
     exclusive = touched == 1
     if not bool(exclusive.any()):
-        return _merge_shared(deltas, axis, input_embedding, options)
+        return _merge_shared(deltas, axis, input_embedding, options, base)
     alone = (deltas * exclusive).sum(0)
     if not bool((touched > 1).any()):
         return alone
-    return alone + _merge_shared(deltas * ~exclusive, axis, input_embedding, options)
+    return alone + _merge_shared(deltas * ~exclusive, axis, input_embedding, options, base)
 
 
 @merge_method(
@@ -652,10 +732,12 @@ def bilateral_delta(
 def bilateral_consensus_merge(
     group: TensorGroup, eps: float = 1e-12, solver: Solver = "lowrank", rank: int = 256,
     output_weight: float = 0.25, normalize: bool = True, background: float = 0.0, weighting: Weighting = "auto",
-    signal_output_weight: float = 0.25,
+    signal_output_weight: float = 0.25, base_metric_weight: float = 0.0,
 ) -> torch.Tensor:
     options = Options(eps=eps, solver=solver, rank=rank, output_weight=output_weight, normalize=normalize,
-                      background=background, weighting=weighting, signal_output_weight=signal_output_weight)
+                      background=background, weighting=weighting, signal_output_weight=signal_output_weight,
+                      base_metric_weight=base_metric_weight)
     return merge_group(group, METHOD_NAME, lambda deltas: bilateral_delta(
         deltas, name=group.metadata.name, vocab_axis=group.metadata.vocabulary_axis, options=options,
+        base=group.base.tensor.to(deltas) if base_metric_weight else None,
     ))
