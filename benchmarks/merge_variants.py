@@ -90,6 +90,7 @@ from mergepipe.merge.methods.bilateral import (
     bilateral_delta,
     expert_weights,
     signal_rank,
+    signal_system,
     solve_sylvester,
 )
 from mergepipe.merge.methods.tsv import tsv_delta
@@ -461,18 +462,12 @@ def _signal_system(x: torch.Tensor, spectra: list[tuple[torch.Tensor, torch.Tens
     experts' summed below-threshold remainders, and ``G``, ``H``, ``C / (1 + o)``."""
     _, out_dim, in_dim = x.shape
     below = torch.zeros_like(x[0])
-    g_in, g_out, rhs = x.new_zeros(in_dim, in_dim), x.new_zeros(out_dim, out_dim), torch.zeros_like(x[0])
     factors = []
     for t, (s, vectors) in zip(x, spectra):
         left, s, right = _signal_factor(t, s, vectors, signal_rank(s, out_dim, in_dim))
         factors.append((left, s, right))
         below += t - (left * s) @ right.T
-        if s.numel() == 0:
-            continue
-        weight = s / s[0]
-        g_in += (right * weight) @ right.T
-        g_out += output_weight * ((left * weight) @ left.T)
-        rhs += (left * (s * weight)) @ right.T
+    g_out, g_in, rhs = signal_system(factors, out_dim, in_dim, output_weight, x)
     return factors, below, g_in, g_out, rhs
 
 
@@ -576,16 +571,11 @@ def _state_kernel(delta: Callable[..., torch.Tensor], strength: float) -> StateM
     """A state merge that applies ``delta(deltas, base_weight, strength, name=...)`` to every matrix
     and ours at its defaults to every other tensor."""
     def run_kernel(base: dict[str, torch.Tensor], experts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        merged = {}
-        for name, weight in base.items():
-            deltas = torch.stack([e[name].float() - weight.float() for e in experts])
-            if not bool(deltas.any()):
-                merged[name] = weight
-                continue
-            change = (delta(deltas, weight.float(), strength, name=name) if is_matrix(deltas, name)
-                      else bilateral_delta(deltas, name=name))
-            merged[name] = (weight.float() + change).to(weight.dtype)
-        return merged
+        def kernel(deltas: torch.Tensor, name: str) -> torch.Tensor:
+            if is_matrix(deltas, name):
+                return delta(deltas, base[name].float(), strength, name=name)
+            return bilateral_delta(deltas, name=name)
+        return merged_state(kernel, base, experts)
     return run_kernel
 
 

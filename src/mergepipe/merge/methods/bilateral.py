@@ -340,6 +340,22 @@ def auto_weighting(deltas: torch.Tensor, rank: int) -> str:
     return "signal" if _factor_signal(x, factors, complete)[1] else "energy"
 
 
+def signal_system(factors: list[Factor], out_dim: int, in_dim: int, output_weight: float, like: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``H``, ``G`` and ``C / (1 + o)`` of the signal weighting (``_solve_signal``), in float64."""
+    gram_in = like.new_zeros(in_dim, in_dim, dtype=torch.float64)
+    gram_out = like.new_zeros(out_dim, out_dim, dtype=torch.float64)
+    rhs = like.new_zeros(out_dim, in_dim, dtype=torch.float64)
+    for left, s, right in factors:
+        if s.numel() == 0:
+            continue
+        weight = s / s[0]
+        gram_in += (right * weight) @ right.T
+        gram_out += output_weight * ((left * weight) @ left.T)
+        rhs += (left * (s * weight)) @ right.T
+    return gram_out, gram_in, rhs
+
+
 def _solve_signal(factors: list[Factor], out_dim: int, in_dim: int, output_weight: float, eps: float,
                   like: torch.Tensor, reader: torch.Tensor | None = None,
                   base_metric_weight: float = 0.0) -> torch.Tensor:
@@ -351,16 +367,7 @@ def _solve_signal(factors: list[Factor], out_dim: int, in_dim: int, output_weigh
 
     With ``base_metric_weight`` and ``reader`` (the base matrix in the factors' input
     coordinates) each expert also gets the base-metric term (``base_metric_terms``)."""
-    gram_in = like.new_zeros(in_dim, in_dim, dtype=torch.float64)
-    gram_out = like.new_zeros(out_dim, out_dim, dtype=torch.float64)
-    rhs = like.new_zeros(out_dim, in_dim, dtype=torch.float64)
-    for left, s, right in factors:
-        if s.numel() == 0:
-            continue
-        weight = s / s[0]
-        gram_in += (right * weight) @ right.T
-        gram_out += output_weight * ((left * weight) @ left.T)
-        rhs += (left * (s * weight)) @ right.T
+    gram_out, gram_in, rhs = signal_system(factors, out_dim, in_dim, output_weight, like)
     rhs *= 1.0 + output_weight
     if base_metric_weight and reader is not None:
         extra_gram, extra_rhs = base_metric_terms(factors, reader, base_metric_weight)
