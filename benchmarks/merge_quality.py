@@ -156,7 +156,9 @@ def _methods() -> tuple[Method, ...]:
     energy = _catalogue_method(OURS_ENERGY, OURS, {"weighting": "energy"}) if ours else None
     signal = (_catalogue_method(OURS_SIGNAL, OURS, {"weighting": "signal", "signal_output_weight": 0.5})
               if ours else None)
-    return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric, energy, signal) if m is not None)
+    # The default without the presence factor of its energy-weighted matrices (the default before it).
+    unscaled = _catalogue_method(OURS_UNSCALED, OURS, {"presence_exponent": 0.0}) if ours else None
+    return tuple(m for m in (*fixed, *catalogue, ours, exact, symmetric, energy, signal, unscaled) if m is not None)
 
 
 OURS = "bilateral_consensus"
@@ -164,6 +166,7 @@ OURS_EXACT = "bilateral_consensus_exact"
 OURS_SYMMETRIC = "bilateral_consensus_symmetric"
 OURS_SIGNAL = "bilateral_consensus_signal"
 OURS_ENERGY = "bilateral_consensus_energy"
+OURS_UNSCALED = "bilateral_consensus_unscaled"
 RIVALS = ("task_arithmetic", "ties", "dare_ties", "tsv", "iso_cts", "wudi")
 METHODS: tuple[Method, ...] = _methods()
 

@@ -55,6 +55,16 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
   only, restricted to the experts' joint signal row space), ``bm_iso_<b>`` (the identity in place
   of the base's metric there) and ``bm_own_<b>`` (the base's metric inside each expert's own row
   space).
+* ``ours_auto_unscaled``: the defaults without the presence factor (``presence_exponent: 0``, the
+  default before it); ``ours_auto_p1``: the defaults at ``presence_exponent: 1``;
+  ``projfit<e>``: the defaults without the factor, every matrix then scaled by
+  ``projection_fit_scale ** e`` (the experts' presences pooled by their energy),
+  ``projfit<e>_energy`` the same on the energy-weighted matrices only; ``ours_x1.1`` / ``ours_x1.2``: fixed factors;
+  ``vectors_sum`` / ``head_sum`` / ``head_aligned`` / ``vocab_sum``: the tensors that are not
+  plain matrices merged otherwise (norm gains summed; output-head rows summed or merged like the
+  input embedding's; both vocabulary tensors summed). These, ``ours`` and every variant that falls
+  back on the defaults (the base-metric and state variants) use them without the presence factor
+  (``_unscaled``), as they were measured; ``ours_auto`` is the current default, with it.
 * ``signal_o<o>``: the catalogue's ``weighting: signal`` at output weight ``o`` (``spectral_p1_o<o>``
   with each expert's below-threshold remainder averaged over the experts, not dropped).
 
@@ -82,8 +92,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import merge_quality as mq
 
-from mergepipe.core.tensor_names import is_vocabulary_tensor
+from mergepipe.core.tensor_names import is_output_head, is_vocabulary_tensor
 from mergepipe.merge.methods.bilateral import (
+    _aligned_sum,
     _gram_spectrum,
     _signal_factor,
     _spectra_adapter_like,
@@ -147,9 +158,14 @@ def geometric_delta(deltas: torch.Tensor, power: float, input_exponent: float = 
 
 
 def _ours(deltas: torch.Tensor, name: str, **options: Any) -> torch.Tensor:
-    """Ours with the energy weighting (the default until ``weighting: auto``; what every table
-    of this script measured as "ours"), unless ``options`` say otherwise."""
-    return bilateral_delta(deltas, name=name, **{"weighting": "energy", **options})
+    """Ours with the energy weighting and no presence factor (the default until ``weighting: auto``;
+    what every table of this script measured as "ours"), unless ``options`` say otherwise."""
+    return bilateral_delta(deltas, name=name, **{"weighting": "energy", "presence_exponent": 0.0, **options})
+
+
+def _unscaled(deltas: torch.Tensor, name: str) -> torch.Tensor:
+    """The catalogue's defaults before the presence factor (what the variants built on them measured)."""
+    return bilateral_delta(deltas, name=name, presence_exponent=0.0)
 
 
 def _sum(deltas: torch.Tensor, name: str) -> torch.Tensor:
@@ -170,6 +186,25 @@ def _energy(deltas: torch.Tensor, name: str) -> torch.Tensor:
 
 def _scaled(factor: float) -> Kernel:
     return lambda d, n: _ours(d, n) * factor if is_matrix(d, n) else _ours(d, n)
+
+
+def projection_fit_scale(deltas: torch.Tensor, merged: torch.Tensor) -> float:
+    """``sum_i ||tau_i||^2 / sum_i <M, tau_i>``: 1 when every expert is fully present in ``M`` (one
+    expert, identical experts, a shared part counted once plus private parts added); above 1 when
+    the merge shrank the experts (1 where the merge does not point along them at all)."""
+    along = float((deltas.double() * merged.double()).sum())
+    return float(deltas.double().square().sum()) / along if along > 0 else 1.0
+
+
+def _projection_fit(exponent: float, energy_only: bool = False) -> Kernel:
+    """Ours scaled per matrix by ``projection_fit_scale ** exponent`` (on the energy-weighted
+    matrices only with ``energy_only``)."""
+    def kernel(deltas: torch.Tensor, name: str) -> torch.Tensor:
+        merged = bilateral_delta(deltas, name=name, presence_exponent=0.0)
+        if not is_matrix(deltas, name) or (energy_only and _adapter_system(deltas, 0.25) is not None):
+            return merged
+        return merged * projection_fit_scale(deltas, merged) ** exponent
+    return kernel
 
 
 def _geometric(power: float, input_exponent: float = 0.5) -> Kernel:
@@ -334,11 +369,18 @@ VARIANTS: dict[str, Kernel] = {
     "tsv": _tsv,
     "ours": _ours,
     "ours_auto": lambda d, n: bilateral_delta(d, name=n),  # the catalogue's defaults: weighting auto
+    # the defaults without the presence factor of the energy-weighted matrices (the default before it)
+    "ours_auto_unscaled": _unscaled,
+    "ours_auto_p1": lambda d, n: bilateral_delta(d, name=n, presence_exponent=1.0),
     # auto with its signal-weighted matrices at output weight 1
     "ours_auto_o1": lambda d, n: bilateral_delta(d, name=n, signal_output_weight=1.0),
     "ours_o1": lambda d, n: _ours(d, n, output_weight=1.0),
     "ours_energy": _energy,
     "ours_x0.8": _scaled(0.8),
+    **{f"projfit{e:g}": _projection_fit(e) for e in (0.5, 1.0)},
+    **{f"projfit{e:g}_energy": _projection_fit(e, energy_only=True) for e in (0.5, 1.0)},
+    "ours_x1.1": _scaled(1.1),
+    "ours_x1.2": _scaled(1.2),
     "ours_x0.6": _scaled(0.6),
     "q_proj_sum": _on_parts(_sum, ".q_proj."),
     "mean_ours_tsv": lambda d, n: 0.5 * (_ours(d, n) + _tsv(d, n)),
@@ -366,6 +408,12 @@ VARIANTS: dict[str, Kernel] = {
     "interpolation": _matrices_only(lambda d, n: interpolation_delta(d)),
     "product_form": _matrices_only(lambda d, n: product_form_delta(d)),
     "product_form_bulk": _matrices_only(lambda d, n: product_form_delta(d, bulk=True)),
+    # Non-matrix tensors (full fine-tunes change them; adapters do not): norm gains summed,
+    # output-head rows summed or merged like the input embedding's (aligned sum), ours elsewhere.
+    "vectors_sum": lambda d, n: d.sum(0) if d.dim() <= 2 else _unscaled(d, n),
+    "head_sum": lambda d, n: d.sum(0) if is_output_head(n) else _unscaled(d, n),
+    "head_aligned": lambda d, n: _aligned_sum(d) if is_output_head(n) else _unscaled(d, n),
+    "vocab_sum": lambda d, n: d.sum(0) if is_vocabulary_tensor(n) else _unscaled(d, n),
     **{f"tsv_x{f:g}": _matrices_only(lambda d, n, f=f: f * _tsv(d, n)) for f in (0.8, 0.9, 1.1)},
     **{f"signal_x{f:g}": _matrices_only(lambda d, n, f=f: f * _ours(d, n, weighting="signal", signal_output_weight=0.5))
        for f in (0.8, 0.9)},
@@ -527,7 +575,7 @@ def base_metric_signal_delta(deltas: torch.Tensor, base_weight: torch.Tensor, st
     experts' joint subspaces, as the low-rank solver's is; ours at its defaults elsewhere."""
     system = _adapter_system(deltas, output_weight)
     if system is None:
-        return bilateral_delta(deltas, name=name)
+        return bilateral_delta(deltas, name=name, presence_exponent=0.0)
     x, factors, below, g_in, g_out, rhs = system
     k = x.shape[0]
     joint, _ = torch.linalg.qr(torch.cat([right for _, _, right in factors], 1))
@@ -551,7 +599,7 @@ def base_metric_own_delta(deltas: torch.Tensor, base_weight: torch.Tensor, stren
     column spaces still merge to their sum, identical ones to the expert."""
     system = _adapter_system(deltas, output_weight)
     if system is None:
-        return bilateral_delta(deltas, name=name)
+        return bilateral_delta(deltas, name=name, presence_exponent=0.0)
     x, factors, below, g_in, g_out, rhs = system
     k = x.shape[0]
     base64 = base_weight.double()
@@ -574,13 +622,14 @@ def _state_kernel(delta: Callable[..., torch.Tensor], strength: float) -> StateM
         def kernel(deltas: torch.Tensor, name: str) -> torch.Tensor:
             if is_matrix(deltas, name):
                 return delta(deltas, base[name].float(), strength, name=name)
-            return bilateral_delta(deltas, name=name)
+            return bilateral_delta(deltas, name=name, presence_exponent=0.0)
         return merged_state(kernel, base, experts)
     return run_kernel
 
 
 def _ours_base_metric(deltas: torch.Tensor, base_weight: torch.Tensor, strength: float, name: str) -> torch.Tensor:
-    return bilateral_delta(deltas, name=name, base=base_weight, base_metric_weight=strength)
+    return bilateral_delta(deltas, name=name, base=base_weight, base_metric_weight=strength,
+                           presence_exponent=0.0)
 
 
 # Variants that need several tensors at once (not one kernel per tensor).

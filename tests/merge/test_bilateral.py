@@ -51,7 +51,7 @@ def test_registered_once_and_catalogued():
     info = custom_methods.CATALOGUE_INFO[METHOD_NAME]
     assert info["description"] and info["defaults"] == {
         "eps": 1e-12, "solver": "lowrank", "rank": 256, "output_weight": 0.25, "normalize": True, "background": 0.0,
-        "weighting": "auto", "signal_output_weight": 0.25, "base_metric_weight": 0.0,
+        "weighting": "auto", "signal_output_weight": 0.25, "base_metric_weight": 0.0, "presence_exponent": 0.5,
     }
 
 
@@ -336,6 +336,9 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match=r"background applies to weighting: energy only, got background 1\.0 "
                                          r"with weighting: auto"):
         Options(background=1.0)  # the default weighting is auto
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="presence_exponent must be a number in"):
+            Options(presence_exponent=bad)
 
 
 # ---------------------------------------------------------------- output weight and normalisation
@@ -366,7 +369,8 @@ def test_solution_is_the_minimiser_of_the_weighted_objective(output_weight, norm
         lhs += w * op
         rhs += w * (op @ t.reshape(-1))
     reference = torch.linalg.lstsq(lhs, rhs).solution.reshape(out_dim, in_dim)
-    merged = bilateral_delta(deltas, solver="exact", output_weight=output_weight, normalize=normalize)
+    merged = bilateral_delta(deltas, solver="exact", output_weight=output_weight, normalize=normalize,
+                             presence_exponent=0.0)
     assert _rel(merged, reference) < 1e-6
     bumped = merged + 1e-3 * merged.norm() * torch.randn(merged.shape, generator=torch.Generator().manual_seed(2),
                                                          dtype=torch.float64) / merged.numel() ** 0.5
@@ -384,9 +388,9 @@ def test_normalised_what_an_expert_brings_does_not_depend_on_another_experts_sca
     def part_of_expert_0(c: float, normalize: bool) -> torch.Tensor:
         scaled = deltas.clone()
         scaled[1] *= c
-        plain = bilateral_delta(deltas, solver=solver, rank=16, normalize=normalize, weighting="energy")
-        return (c * plain - bilateral_delta(scaled, solver=solver, rank=16, normalize=normalize,
-                                            weighting="energy")) / (c - 1)
+        # The objective's minimiser: the presence scale is one number for all experts together.
+        solve = {"solver": solver, "rank": 16, "normalize": normalize, "weighting": "energy", "presence_exponent": 0.0}
+        return (c * bilateral_delta(deltas, **solve) - bilateral_delta(scaled, **solve)) / (c - 1)
 
     assert _rel(part_of_expert_0(10.0, True), part_of_expert_0(3.0, True)) < 1e-6
     assert _rel(part_of_expert_0(10.0, False), part_of_expert_0(3.0, False)) > 0.1
@@ -430,6 +434,65 @@ def test_tiny_task_vectors_do_not_overflow_the_normalisation():
     torch.testing.assert_close(merged / 1e-12, bilateral_delta(deltas / 1e-12), atol=1e-5, rtol=1e-4)
 
 
+# ---------------------------------------------------------------- presence scale
+
+
+def _mean_presence(deltas: torch.Tensor, merged: torch.Tensor) -> float:
+    """Plain reference: mean over the experts of <M, tau_i>_F / ||tau_i||_F^2, in float64."""
+    x, m = deltas.double(), merged.double()
+    return float(torch.stack([(m * t).sum() / t.square().sum() for t in x]).mean())
+
+
+@pytest.mark.parametrize("solver", ["exact", "lowrank"])
+def test_presence_exponent_gives_dense_experts_back_their_size(solver):
+    """Dense, full-rank experts share every row space: the least-squares solve keeps each only
+    in part (mean presence < 1). Exponent 1 rescales the solve, same direction, to mean presence
+    1; the default, 0.5, by the square root of that factor."""
+    gen = torch.Generator().manual_seed(41)
+    deltas = torch.randn(4, 300, 280, generator=gen) * torch.tensor([1.0, 2.0, 0.5, 1.5])[:, None, None]
+    solve = {"solver": solver, "rank": 64}
+    unscaled = bilateral_delta(deltas, presence_exponent=0.0, **solve)
+    factor = 1.0 / _mean_presence(deltas, unscaled)
+    assert factor > 1.1  # the solve shrinks them
+    full = bilateral_delta(deltas, presence_exponent=1.0, **solve)
+    assert abs(_mean_presence(deltas, full) - 1.0) < 1e-5
+    assert _rel(full, factor * unscaled) < 1e-5  # a scale of the solve, nothing else
+    assert _rel(bilateral_delta(deltas, **solve), factor ** 0.5 * unscaled) < 1e-5
+
+
+def test_presence_exponent_leaves_the_sanity_cases_and_adapters_unchanged():
+    """One expert, identical experts, experts on orthogonal subspaces and a shared part plus
+    private ones are carried whole (presence 1): the scale is 1. Adapter-like matrices are
+    merged with the signal weighting, which the scale does not touch."""
+    gen = torch.Generator().manual_seed(43)
+    one = torch.randn(40, 30, generator=gen)
+    u, _ = torch.linalg.qr(torch.randn(40, 12, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(30, 12, generator=gen))
+    a = u[:, :4] @ torch.randn(4, 4, generator=gen) @ v[:, :4].T
+    b = u[:, 4:8] @ torch.randn(4, 4, generator=gen) @ v[:, 4:8].T
+    shared = u[:, 8:] @ torch.randn(4, 4, generator=gen) @ v[:, 8:].T
+    cases = [one[None].repeat(3, 1, 1), torch.stack([a, b]), torch.stack([shared + a, shared + b])]
+    for deltas in cases:
+        torch.testing.assert_close(bilateral_delta(deltas, weighting="energy", presence_exponent=1.0),
+                                   bilateral_delta(deltas, weighting="energy", presence_exponent=0.0),
+                                   atol=1e-5, rtol=1e-4)
+    adapters = _low_rank_experts(4, 256, 192, 8, seed=44)
+    assert torch.equal(bilateral_delta(adapters), bilateral_delta(adapters, presence_exponent=0.0))
+    assert not torch.equal(bilateral_delta(adapters, weighting="energy"),
+                           bilateral_delta(adapters, weighting="energy", presence_exponent=0.0))
+
+
+def test_presence_exponent_by_name_in_a_merge(family):
+    base, experts = family
+    off = _merge(base, experts, parameters={"presence_exponent": 0.0})
+    on = _merge(base, experts)
+    name = "model.layers.0.mlp.down_proj.weight"
+    deltas = torch.stack([e[name].float() - base[name].float() for e in experts])
+    expected = base[name].float() + bilateral_delta(deltas, name=name)
+    torch.testing.assert_close(on[name].float(), expected, atol=1e-5, rtol=1e-4)
+    assert any(not torch.allclose(on[n].float(), off[n].float()) for n in on)
+
+
 # ---------------------------------------------------------------- background term
 
 
@@ -460,7 +523,8 @@ def test_background_solution_is_the_minimiser_with_the_isotropic_term(background
         lhs += w * op + share * eye
         rhs += (w * op + share * eye) @ t.reshape(-1)
     reference = torch.linalg.solve(lhs, rhs).reshape(out_dim, in_dim)
-    merged = bilateral_delta(deltas, solver="exact", background=background, weighting="energy", normalize=normalize)
+    merged = bilateral_delta(deltas, solver="exact", background=background, weighting="energy", normalize=normalize,
+                             presence_exponent=0.0)
     assert _rel(merged, reference) < 1e-6
     assert _rel(merged, bilateral_delta(deltas, solver="exact", normalize=normalize)) > 1e-3  # it does act
 
@@ -482,7 +546,8 @@ def test_background_shrinks_experts_on_orthogonal_subspaces_towards_their_mean()
         for c in [1.25 * s.pow(4) / s.square().sum().square()]
     )
     for solver in ("exact", "lowrank"):
-        merged = bilateral_delta(deltas, solver=solver, rank=8, background=2.0, weighting="energy")
+        merged = bilateral_delta(deltas, solver=solver, rank=8, background=2.0, weighting="energy",
+                                 presence_exponent=0.0)
         assert _rel(merged, expected) < 1e-6, solver
     assert _rel(bilateral_delta(deltas, solver="exact"), deltas.sum(0)) < 1e-6
 

@@ -117,10 +117,10 @@ def test_the_output_metric_solver_with_ours_gram_is_ours(variants, k):
 
     deltas = torch.randn(k, 9, 7, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
     grams = [t @ (t.T @ t) @ t.T for t in deltas]  # B_i^2
-    torch.testing.assert_close(variants.output_metric_delta(deltas, grams),
-                               bilateral_delta(deltas, name="w", solver="exact", weighting="energy"))
+    solve = {"name": "w", "solver": "exact", "weighting": "energy", "presence_exponent": 0.0}  # the plain solve
+    torch.testing.assert_close(variants.output_metric_delta(deltas, grams), bilateral_delta(deltas, **solve))
     other = variants.output_metric_delta(deltas, [torch.eye(9, dtype=torch.float64) * g.trace() for g in grams])
-    assert not torch.allclose(other, bilateral_delta(deltas, name="w", solver="exact", weighting="energy"))
+    assert not torch.allclose(other, bilateral_delta(deltas, **solve))
 
 
 def test_the_query_key_read_metric_changes_only_the_query_and_key(variants):
@@ -179,7 +179,8 @@ def test_the_power_sum_solve_is_ours_at_one_and_shrinks_shared_directions_less_b
     from mergepipe.merge.methods.bilateral import bilateral_delta
 
     deltas = torch.randn(3, 9, 7, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    torch.testing.assert_close(variants.power_sum_delta(deltas, 1.0), bilateral_delta(deltas, name="w", solver="exact"))
+    torch.testing.assert_close(variants.power_sum_delta(deltas, 1.0), bilateral_delta(
+        deltas, name="w", solver="exact", presence_exponent=0.0))
     # n experts read one input direction and write orthogonal outputs: each output keeps
     # (1 + o) / (n + o) with r = 1 and ((1 + sqrt o) / (sqrt o + sqrt n))^2 with r = 1/2.
     n, o = 4, 0.25
@@ -213,7 +214,8 @@ def test_the_writer_rule_is_ours_transposed_on_o_and_down_projections_only(varia
     writer, reader = "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.up_proj.weight"
     # Transposing swaps the sides: input side at weight 1 / o against the output side, i.e. o = 4.
     torch.testing.assert_close(variants.VARIANTS["writers_transposed"](deltas, writer),
-                               bilateral_delta(deltas, name="w", solver="exact", output_weight=4.0))
+                               bilateral_delta(deltas, name="w", solver="exact", output_weight=4.0,
+                                               presence_exponent=0.0))
     torch.testing.assert_close(variants.VARIANTS["writers_transposed"](deltas, reader),
                                variants.VARIANTS["ours"](deltas, reader))
     torch.testing.assert_close(variants.VARIANTS["writers_tsv"](deltas, writer), tsv_delta(deltas))
@@ -310,5 +312,5 @@ def test_base_metric_variants_reduce_to_the_default_at_zero_and_ours_bm_is_the_c
     name = "model.layers.0.self_attn.q_proj.weight"
     state = {name: base}
     merged = variants.STATE_VARIANTS["ours_bm1"](state, [{name: base + d} for d in deltas])
-    expected = base + bilateral_delta(deltas, name=name, base=base, base_metric_weight=1.0)
+    expected = base + bilateral_delta(deltas, name=name, base=base, base_metric_weight=1.0, presence_exponent=0.0)
     torch.testing.assert_close(merged[name], expected, atol=1e-6, rtol=1e-5)

@@ -234,6 +234,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "epsilon": (0.0, 1.0, True, False),
     "gamma": (0.0, 1.0, True, False),
     "select_topk": (0.0, 1.0, False, True),
+    "presence_exponent": (0.0, 1.0, True, True),
 }
 
 # Lower bounds of well-known parameters that have no upper one.
