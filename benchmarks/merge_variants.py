@@ -57,6 +57,8 @@ the merged model exactly as merge_quality does (normalised exact match, per seed
   space).
 * ``ours_auto_unscaled``: the defaults without the presence factor (``presence_exponent: 0``, the
   default before it); ``ours_auto_p1``: the defaults at ``presence_exponent: 1``;
+  ``ours_auto_shrink<e>``: the defaults, every matrix then multiplied by its mean presence to the
+  power ``e`` (shrunk where the solve keeps the experts in part; ``_presence_shrunk``);
   ``projfit<e>``: the defaults without the factor, every matrix then scaled by
   ``projection_fit_scale ** e`` (the experts' presences pooled by their energy),
   ``projfit<e>_energy`` the same on the energy-weighted matrices only; ``ours_x1.1`` / ``ours_x1.2``: fixed factors;
@@ -100,6 +102,7 @@ from mergepipe.merge.methods.bilateral import (
     _spectra_adapter_like,
     bilateral_delta,
     expert_weights,
+    presence,
     signal_rank,
     signal_system,
     solve_sylvester,
@@ -204,6 +207,18 @@ def _projection_fit(exponent: float, energy_only: bool = False) -> Kernel:
         if not is_matrix(deltas, name) or (energy_only and _adapter_system(deltas, 0.25) is not None):
             return merged
         return merged * projection_fit_scale(deltas, merged) ** exponent
+    return kernel
+
+
+def _presence_shrunk(exponent: float) -> Kernel:
+    """The defaults with every matrix then multiplied by ``mean_i presence_i ** exponent``: shrunk
+    where the solve already keeps the experts only in part (the presence factor's opposite)."""
+    def kernel(deltas: torch.Tensor, name: str) -> torch.Tensor:
+        merged = bilateral_delta(deltas, name=name)
+        if not is_matrix(deltas, name):
+            return merged
+        mean = float(presence(deltas, merged).mean())
+        return merged * mean ** exponent if mean > 0 else merged
     return kernel
 
 
@@ -372,6 +387,7 @@ VARIANTS: dict[str, Kernel] = {
     # the defaults without the presence factor of the energy-weighted matrices (the default before it)
     "ours_auto_unscaled": _unscaled,
     "ours_auto_p1": lambda d, n: bilateral_delta(d, name=n, presence_exponent=1.0),
+    **{f"ours_auto_shrink{e:g}": _presence_shrunk(e) for e in (0.5, 1.0)},
     # auto with its signal-weighted matrices at output weight 1
     "ours_auto_o1": lambda d, n: bilateral_delta(d, name=n, signal_output_weight=1.0),
     "ours_o1": lambda d, n: _ours(d, n, output_weight=1.0),
